@@ -1,0 +1,46 @@
+"""The output type shared by every sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationOutput:
+    """What `sampler.generate(...)` returns, one entry per prompt in every per-row list.
+
+    Attributes:
+        texts: decoded completions (special tokens skipped, cut at the first end-of-sequence token).
+        completion_ids: generated token ids per row, cut after the first end-of-sequence token (kept).
+        commit_step: per token, the denoising step (0-based, counted inside the token's block) at which it was
+            committed. For the AR sampler every token is committed at step 0 of its own one-token block.
+        logprobs: per token, its log-probability under the sampling distribution at the moment it was committed
+            (temperature-scaled when sampling, plain softmax when greedy; the mask token excluded).
+        num_forward_passes: model calls made while decoding the batch, the prefill call reported apart.
+        num_prefill_passes: model calls that encoded the prompts (1 for both samplers).
+        steps_per_row: per row, the denoising steps that row needed (what it would cost decoded alone).
+        elapsed_s: wall-clock seconds of the whole `generate` call.
+    """
+
+    texts: list[str]
+    completion_ids: list[list[int]]
+    commit_step: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    num_forward_passes: int = 0
+    num_prefill_passes: int = 0
+    steps_per_row: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(len(ids) for ids in self.completion_ids)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_generated_tokens / self.elapsed_s if self.elapsed_s > 0 else float("nan")
+
+    @property
+    def forward_passes_per_token(self) -> float:
+        """Batch-independent cost: mean over rows of (steps the row needed) / (tokens it produced)."""
+        ratios = [s / max(len(ids), 1) for s, ids in zip(self.steps_per_row, self.completion_ids)]
+        return sum(ratios) / len(ratios) if ratios else float("nan")
