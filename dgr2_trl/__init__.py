@@ -1,0 +1,23 @@
+"""dgr2-trl: block-diffusion re-rankers for Hugging Face TRL (Diffusion-GR2)."""
+
+from .modeling import (
+    BlockDiffusionSettings,
+    convert_to_block_diffusion,
+    get_block_diffusion_settings,
+    masked_diffusion_loss,
+    sample_block_noise,
+)
+from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARSampler",
+    "BlockDiffusionSampler",
+    "BlockDiffusionSettings",
+    "GenerationOutput",
+    "convert_to_block_diffusion",
+    "get_block_diffusion_settings",
+    "masked_diffusion_loss",
+    "sample_block_noise",
+]

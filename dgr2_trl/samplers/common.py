@@ -1,0 +1,77 @@
+"""Prompt encoding and per-row bookkeeping shared by the samplers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def encode_prompts(tokenizer, prompts: Sequence, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise prompts (strings, or chat-message lists rendered with the tokenizer's chat template and a generation
+    prompt) and left-pad them. Returns `(input_ids, attention_mask)`, both `(B, P)`."""
+    if isinstance(prompts, (str, dict)) or not len(prompts):
+        raise ValueError("prompts must be a non-empty list of strings or of chat-message lists")
+    rows = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in prompt):
+            text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            rows.append(list(prompt))  # already token ids
+        else:
+            raise ValueError(
+                f"prompt {index} must be a string, a list of chat messages with 'role'/'content', or a list of "
+                f"token ids; got {type(prompt).__name__}"
+            )
+        if not rows[-1]:
+            raise ValueError(f"prompt {index} encodes to no tokens")
+    return left_pad(rows, pad_id(tokenizer), device)
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError("the tokenizer has neither a pad token nor an eos token to pad prompts with")
+
+
+def eos_ids(tokenizer, eos_token_id) -> list[int]:
+    """End-of-sequence ids: the argument (int or list) or the tokenizer's eos token."""
+    if eos_token_id is None:
+        eos_token_id = tokenizer.eos_token_id
+    if eos_token_id is None:
+        return []
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
+def cut_at_eos(row: list[int], eos: list[int], limit: int) -> int:
+    """Length of a completion: up to and including the first end-of-sequence token, at most `limit`."""
+    for index, token in enumerate(row[:limit]):
+        if token in eos:
+            return index + 1
+    return min(len(row), limit)
+
+
+def sample_tokens(
+    log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Greedy (temperature <= 0) or exact categorical sampling via Gumbel-max in float64."""
+    if temperature <= 0:
+        return log_probs.argmax(-1)
+    uniform = torch.rand(log_probs.shape, dtype=torch.float64, generator=generator, device=log_probs.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return (log_probs.double() + gumbel).argmax(-1)
