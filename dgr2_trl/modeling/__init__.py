@@ -15,6 +15,7 @@ from .masks import (
     position_ids_from_mask,
     to_additive_mask,
 )
+from .replay import replay_logprobs
 from .noise import BlockNoise, CosineSchedule, LinearSchedule, NoiseSchedule, get_schedule, sample_block_noise
 from .tiny import tiny_causal_lm
 
@@ -37,6 +38,7 @@ __all__ = [
     "log_probs_without_mask",
     "masked_diffusion_loss",
     "position_ids_from_mask",
+    "replay_logprobs",
     "sample_block_noise",
     "tiny_causal_lm",
     "to_additive_mask",

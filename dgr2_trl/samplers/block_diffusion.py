@@ -205,6 +205,7 @@ class BlockDiffusionSampler:
 
         lengths = [cut_at_eos(row, self.eos, max_new_tokens) for row in out_tokens]
         completion_ids = [row[:n] for row, n in zip(out_tokens, lengths)]
+        block_ends = [-(-n // size) * size for n in lengths]
         return GenerationOutput(
             texts=self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
             completion_ids=completion_ids,
@@ -214,4 +215,6 @@ class BlockDiffusionSampler:
             num_prefill_passes=1,
             steps_per_row=steps_per_row,
             elapsed_s=time.perf_counter() - start,
+            trailing_ids=[row[n:end] for row, n, end in zip(out_tokens, lengths, block_ends)],
+            trailing_commit_step=[row[n:end] for row, n, end in zip(out_steps, lengths, block_ends)],
         )

@@ -20,6 +20,10 @@ class GenerationOutput:
         num_prefill_passes: model calls that encoded the prompts (1 for both samplers).
         steps_per_row: per row, the denoising steps that row needed (what it would cost decoded alone).
         elapsed_s: wall-clock seconds of the whole `generate` call.
+        trailing_ids: per row, the tokens of the last decoded block after the cut (after the first EOS, or past
+            `max_new_tokens`). Not part of the completion, but the earlier tokens of that block saw them while
+            being decoded, so trajectory replay needs them to reproduce those states exactly.
+        trailing_commit_step: the commit steps of `trailing_ids`.
     """
 
     texts: list[str]
@@ -30,6 +34,8 @@ class GenerationOutput:
     num_prefill_passes: int = 0
     steps_per_row: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    trailing_ids: list[list[int]] = field(default_factory=list)
+    trailing_commit_step: list[list[int]] = field(default_factory=list)
 
     @property
     def num_generated_tokens(self) -> int:

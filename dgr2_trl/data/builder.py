@@ -1,0 +1,209 @@
+"""Build the re-ranking datasets (train / validation / test) for any data in the two-file format.
+
+Per query: pre-ranker top-k candidates (never a history item; training queries leak-corrected), item ids, a chat
+prompt, and a target completion (trace + JSON ranking with the true item first, the rest in pre-ranker order).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from .item_ids import ItemIdentifiers, make_item_ids
+from .loading import SequenceData, load_amazon_beauty, load_sequence_data
+from .preranker import TransitionPreRanker, ranking_metrics
+from .prompts import build_completion, build_prompt
+from .split import Query, leave_one_out_split, training_queries
+
+logger = logging.getLogger(__name__)
+
+INSERT_POSITIONS = ("empirical", "last", "uniform")
+
+
+@dataclass
+class RerankData:
+    """The built datasets plus what is needed to use them (ids, their tokens, the fitted pre-ranker, stats)."""
+
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+    item_ids: ItemIdentifiers
+    preranker: TransitionPreRanker
+    titles: dict[int, str]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Id tokens to register with a tokenizer (empty for the plain scheme)."""
+        return list(self.item_ids.special_tokens)
+
+
+def _rank(preranker: TransitionPreRanker, queries: Sequence[Query], k: int, train: list[list[int]] | None) -> list[list[int]]:
+    if train is None:
+        return [preranker.top_k(q.history, k) for q in queries]
+    # training query: remove the user's own pairs from the target onwards (see TransitionPreRanker)
+    return [preranker.top_k(q.history, k, own_prefix=train[q.user_index], position=q.position) for q in queries]
+
+
+def _row(query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool) -> dict:
+    cand_ids = [ids.id_of[c] for c in candidates]
+    hist_ids = [ids.id_of[i] for i in query.history[-history_length:]]
+    target_id = ids.id_of[query.target]
+    in_cands = query.target in candidates
+    pre_rank = candidates.index(query.target) if in_cands else -1
+    # target ranking: true item first, the rest keep the pre-ranker order
+    ranking = [target_id] + [c for c in cand_ids if c != target_id] if in_cands else cand_ids
+    return {
+        "prompt": build_prompt(hist_ids, cand_ids, titles),
+        "completion": build_completion(hist_ids, ranking, titles),
+        "candidates": cand_ids,
+        "target": target_id,
+        "pre_rank": pre_rank,
+        "target_in_candidates": in_cands,
+        "target_inserted": inserted,
+        "user_id": query.user_id,
+        "history": hist_ids,
+        "target_item": query.target,
+        "candidate_items": candidates,
+    }
+
+
+def _sample(items: list, limit: int | None, rng: random.Random) -> list:
+    """A seeded subset of at most `limit` elements, in their original order."""
+    if limit is None or limit >= len(items):
+        return items
+    keep = sorted(rng.sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def build_rerank_datasets(
+    data: SequenceData | str | Path | None = None,
+    *,
+    id_scheme: str = "semantic",
+    num_candidates: int = 10,
+    history_length: int = 10,
+    train_positions_per_user: int = 1,
+    max_train_queries: int | None = None,
+    max_eval_queries: int | None = None,
+    insert_target_fraction: float = 0.5,
+    insert_position: str = "empirical",
+    keep_all_eval_queries: bool = False,
+    preranker: TransitionPreRanker | None = None,
+    id_kwargs: dict | None = None,
+    seed: int = 0,
+) -> RerankData:
+    """Split leave-one-out, fit the pre-ranker on training interactions, and build one `datasets.Dataset` per split.
+
+    Args:
+        data: a loaded `SequenceData`, a folder in the two-file format, or None for the bundled Amazon Beauty.
+        id_scheme: `semantic`, `single` or `plain` (see `dgr2_trl.data.item_ids`).
+        train_positions_per_user: training queries per user (the last training items, latest first).
+        max_train_queries / max_eval_queries: seeded subsets (eval: taken after the filter below).
+        insert_target_fraction: fraction of training queries whose true item the pre-ranker missed that get it
+            inserted (dropping the last candidate). It goes to a position drawn from the positions of the true
+            item in the training queries where the pre-ranker found it (`insert_position="empirical"`), so the
+            position in the prompt does not give it away; `"last"` or `"uniform"` otherwise.
+        keep_all_eval_queries: keep validation/test queries whose true item is not among the candidates (by
+            default they are dropped: the paper evaluates on queries with the true item in the top-k).
+
+    Columns: prompt, completion (TRL conversational prompt-completion), candidates (id strings, pre-ranker
+    order), target (id string), pre_rank (0-based position of the target in candidates, -1 if absent),
+    target_in_candidates, target_inserted, user_id, history, target_item, candidate_items.
+    `stats` holds, per split, the query counts, how many have the true item among the candidates, and the
+    pre-ranker's full-ranking HR@k / NDCG@k.
+    """
+    if not 0.0 <= insert_target_fraction <= 1.0:
+        raise ValueError(f"insert_target_fraction must be in [0, 1], got {insert_target_fraction}")
+    if insert_position not in INSERT_POSITIONS:
+        raise ValueError(f"insert_position must be one of {INSERT_POSITIONS}, got {insert_position!r}")
+    if data is None:
+        data = load_amazon_beauty()
+    elif not isinstance(data, SequenceData):
+        data = load_sequence_data(data)
+    rng = random.Random(seed)
+    split = leave_one_out_split(data.sequences, data.user_ids)
+    catalogue = sorted(data.titles)
+    preranker = (preranker or TransitionPreRanker()).fit(split.train, catalogue=catalogue)
+    ids = make_item_ids(id_scheme, catalogue, split.train, data.titles, seed=seed, **(id_kwargs or {}))
+    titles_by_id = {ids.id_of[i]: t for i, t in data.titles.items()}
+    stats: dict = {"id_scheme": id_scheme, "item_ids": ids.stats, "num_users": len(data.sequences), "num_items": len(catalogue)}
+
+    def split_stats(queries, ranked):
+        m = ranking_metrics(ranked, [q.target for q in queries], k=num_candidates)
+        hits = m["n"] and round(m[f"hr@{num_candidates}"] * m["n"])
+        return {"num_queries": len(queries), "num_target_in_candidates": int(hits), **{k: float(v) for k, v in m.items() if k != "n"}}
+
+    # --- training queries -----------------------------------------------------------------------------------
+    train_queries = _sample(training_queries(split, data.user_ids, train_positions_per_user), max_train_queries, rng)
+    train_ranked = _rank(preranker, train_queries, num_candidates, split.train)
+    stats["train"] = split_stats(train_queries, train_ranked)
+    hit_positions = [r.index(q.target) for q, r in zip(train_queries, train_ranked) if q.target in r]
+    train_rows, inserted = [], 0
+    for q, cands in zip(train_queries, train_ranked):
+        was_inserted = False
+        if q.target not in cands and len(cands) == num_candidates and rng.random() < insert_target_fraction:
+            if insert_position == "last" or not hit_positions:
+                pos = num_candidates - 1
+            elif insert_position == "uniform":
+                pos = rng.randrange(num_candidates)
+            else:
+                pos = rng.choice(hit_positions)
+            cands = cands[:-1]
+            cands.insert(pos, q.target)
+            was_inserted, inserted = True, inserted + 1
+        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted))
+    stats["train"]["num_inserted"] = inserted
+
+    # --- evaluation queries ---------------------------------------------------------------------------------
+    eval_sets = {}
+    for name, queries in (("validation", split.validation), ("test", split.test)):
+        ranked = _rank(preranker, queries, num_candidates, None)
+        stats[name] = split_stats(queries, ranked)
+        pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
+        pairs = _sample(pairs, max_eval_queries, rng)
+        stats[name]["num_kept"] = len(pairs)
+        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False) for q, r in pairs])
+    for name in ("train", "validation", "test"):
+        s = stats[name]
+        logger.info(
+            "%s: %d queries, %d (%.1f%%) with the true item among the %d candidates; pre-ranker HR@%d %.4f NDCG@%d %.4f",
+            name, s["num_queries"], s["num_target_in_candidates"], 100 * s["num_target_in_candidates"] / max(s["num_queries"], 1),
+            num_candidates, num_candidates, s[f"hr@{num_candidates}"], num_candidates, s[f"ndcg@{num_candidates}"],
+        )  # fmt: skip
+    return RerankData(
+        train=Dataset.from_list(train_rows),
+        validation=eval_sets["validation"],
+        test=eval_sets["test"],
+        item_ids=ids,
+        preranker=preranker,
+        titles=dict(data.titles),
+        stats=stats,
+    )
+
+
+def rerank_tokenizer_texts(data: RerankData, max_rows: int = 2000) -> list[str]:
+    """Texts to train a small tokenizer on: all titles plus prompts/completions of some training rows."""
+    texts = list(data.titles.values())
+    for row in data.train.select(range(min(max_rows, len(data.train)))):
+        texts += [m["content"] for m in row["prompt"]] + [m["content"] for m in row["completion"]]
+    return texts
+
+
+def train_rerank_tokenizer(data: RerankData, vocab_size: int = 2000, extra_special_tokens: Sequence[str] = ()):
+    """An offline chat tokenizer (`dgr2_trl.tokenization.train_chat_tokenizer`) with the id tokens registered."""
+    from dgr2_trl.tokenization import train_chat_tokenizer
+
+    return train_chat_tokenizer(
+        rerank_tokenizer_texts(data), vocab_size=vocab_size, extra_special_tokens=[*data.special_tokens, *extra_special_tokens]
+    )
+
+
+def target_position_histogram(dataset: Dataset) -> dict[int, int]:
+    """How often the target sits at each pre-ranker position (-1 = absent); handy to check insertion."""
+    return dict(sorted(Counter(dataset["pre_rank"]).items()))

@@ -1,0 +1,117 @@
+"""Chat prompts, reasoning traces and answers for list-wise re-ranking.
+
+The prompt shows the user's recent history (most recent last) and the candidates (in pre-ranker order), each as
+`id title`. The target completion is a short reasoning trace grounded in the history (title words shared between
+the history and the candidates), then the answer `{"ranking": [...]}` on the last line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from .item_ids import title_words
+
+SYSTEM_PROMPT = (
+    "You are an expert e-commerce re-ranking assistant. Given a customer's purchase history and a list of "
+    "candidate products, you rank the candidates by how likely the customer is to buy each one next."
+)
+
+# Words that say nothing about what a product is (units, packaging, filler), skipped when explaining matches.
+_UNINFORMATIVE = set(
+    """and the for with from of in on to by or an a at new set pack count oz ounce ounces fl fluid ml
+    size each piece pieces pcs one two three inch inches lb lbs gram grams net wt value travel mini full
+    style color colors assorted plus free item items product products made usa professional""".split()
+)
+
+
+def shorten_title(title: str, max_words: int = 12, max_chars: int = 80) -> str:
+    """First `max_words` words of a title, cut at `max_chars`, with an ellipsis when something was cut."""
+    title = " ".join(title.split()) or "(no title)"
+    words = title.split(" ")
+    short = " ".join(words[:max_words])
+    if len(short) > max_chars:
+        short = short[:max_chars].rsplit(" ", 1)[0] or short[:max_chars]
+    return short if short == title else short + "..."
+
+
+def content_words(title: str) -> list[str]:
+    """Distinct informative words of a title, in order of appearance."""
+    seen: dict[str, None] = {}
+    for w in title_words(title):
+        if len(w) > 2 and w not in _UNINFORMATIVE and not w.isdigit():
+            seen.setdefault(w, None)
+    return list(seen)
+
+
+def build_prompt(
+    history: Sequence[str], candidates: Sequence[str], titles: Mapping[str, str], max_title_words: int = 12
+) -> list[dict[str, str]]:
+    """Messages for one query. `history`/`candidates` are id strings; `titles` maps id string -> title.
+    `history` is expected already cut to the items to show (most recent last)."""
+    lines = ["Purchase history (oldest first, most recent last):"]
+    lines += [f"{k}. {i} {shorten_title(titles.get(i, ''), max_title_words)}" for k, i in enumerate(history, 1)]
+    lines += ["", f"Candidates ({len(candidates)}):"]
+    lines += [f"- {i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in candidates]
+    lines += [
+        "",
+        f"Rank all {len(candidates)} candidates from most to least likely next purchase. Reason briefly, then give "
+        'the answer on the last line as JSON: {"ranking": ["<id>", ...]} with every candidate id exactly once.',
+    ]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def format_answer(ranking: Sequence[str]) -> str:
+    return json.dumps({"ranking": list(ranking)})
+
+
+def _join(words: Sequence[str]) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def build_trace(
+    history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str], max_interest_words: int = 3
+) -> str:
+    """A short templated rationale for `ranking` (best first) grounded in the history's title words.
+
+    Says what the user buys (the most frequent informative history words, recent items counted double), why the
+    first candidate fits (its words shared with the history) and which other candidates relate, without ever
+    naming more than three candidates, so it stays around 60-150 tokens.
+    """
+    weights: Counter[str] = Counter()
+    for k, item in enumerate(history):
+        recent = k >= len(history) - 2
+        for w in content_words(titles.get(item, "")):
+            weights[w] += 2 if recent else 1
+    interests = [w for w, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:max_interest_words]]
+
+    def shared(item: str) -> list[str]:
+        words = [w for w in content_words(titles.get(item, "")) if w in weights]
+        return sorted(words, key=lambda w: (-weights[w], w))[:3]
+
+    last = history[-1]
+    parts = [f"The user most recently bought {last} ({shorten_title(titles.get(last, ''), 6, 40)})."]
+    if interests:
+        parts.append(f"Their history is mostly about {_join(interests)}.")
+    else:
+        parts.append("Their history has no single dominant product type.")
+    best = ranking[0]
+    best_shared = shared(best)
+    best_title = shorten_title(titles.get(best, ""), 6, 40)
+    if best_shared:
+        parts.append(f"{best} ({best_title}) fits best: it shares {_join(best_shared)} with the history.")
+    else:
+        parts.append(f"{best} ({best_title}) fits best as a natural next purchase after the recent items.")
+    related = [(c, shared(c)) for c in ranking[1:]]
+    related = [(c, s) for c, s in related if s][:2]
+    if related:
+        parts.append(" ".join(f"{c} also relates ({_join(s)})." for c, s in related))
+    parts.append("The other candidates match the history less, so they follow in their prior order.")
+    return " ".join(parts)
+
+
+def build_completion(history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str]) -> list[dict[str, str]]:
+    """The assistant message: reasoning trace, then the JSON answer on its own last line."""
+    return [{"role": "assistant", "content": build_trace(history, ranking, titles) + "\n" + format_answer(ranking)}]
