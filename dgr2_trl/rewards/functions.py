@@ -44,37 +44,48 @@ def _rows(reward_name: str, completions: Sequence, kwargs: dict, columns: Sequen
         yield parse_ranking(completion, candidates), row
 
 
-def _named(func: RewardFunc, name: str) -> RewardFunc:
-    # TRL logs each reward under `rewards/<__name__>/...`
-    func.__name__ = name
-    func.__qualname__ = name
-    return func
+class RankingReward:
+    """Base of the reward callables: TRL's signature, a `__name__` (TRL logs `rewards/<__name__>/mean`), and
+    picklable (module-level classes, no closures). Subclasses implement `score(parsed, row)`."""
 
+    columns: tuple[str, ...] = ("candidates", "target")
 
-def make_ndcg_reward(k: int | None = None, invalid_reward: float = -1.0, name: str | None = None) -> RewardFunc:
-    """NDCG@k of the parsed ranking (k=None: the whole list); `invalid_reward` for an invalid answer."""
-    name = name or ("ndcg_reward" if k is None else f"ndcg_at_{k}_reward")
+    def __init__(self, name: str, invalid_reward: float = -1.0):
+        self.__name__ = name
+        self.invalid_reward = float(invalid_reward)
 
-    def reward(prompts=None, completions=(), **kwargs) -> list[float]:
+    def score(self, parsed: ParsedRanking, row: dict) -> float:
+        raise NotImplementedError
+
+    def __call__(self, prompts=None, completions=(), **kwargs) -> list[float]:
         return [
-            ndcg_at_k(p.ranking, str(r["target"]), k) if p.valid else invalid_reward
-            for p, r in _rows(name, completions, kwargs, ("candidates", "target"))
+            self.score(p, r) if p.valid else self.invalid_reward for p, r in _rows(self.__name__, completions, kwargs, self.columns)
         ]
 
-    return _named(reward, name)
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.__name__!r})"
 
 
-def make_recall_reward(k: int = 1, invalid_reward: float = -1.0, name: str | None = None) -> RewardFunc:
-    """R@k of the parsed ranking; `invalid_reward` for an invalid answer."""
-    name = name or f"recall_at_{k}_reward"
+class NDCGReward(RankingReward):
+    """NDCG@k of the parsed ranking (k=None: the whole list)."""
 
-    def reward(prompts=None, completions=(), **kwargs) -> list[float]:
-        return [
-            recall_at_k(p.ranking, str(r["target"]), k) if p.valid else invalid_reward
-            for p, r in _rows(name, completions, kwargs, ("candidates", "target"))
-        ]
+    def __init__(self, k: int | None = None, invalid_reward: float = -1.0, name: str | None = None):
+        super().__init__(name or ("ndcg_reward" if k is None else f"ndcg_at_{k}_reward"), invalid_reward)
+        self.k = k
 
-    return _named(reward, name)
+    def score(self, parsed, row):
+        return ndcg_at_k(parsed.ranking, str(row["target"]), self.k)
+
+
+class RecallReward(RankingReward):
+    """R@k of the parsed ranking."""
+
+    def __init__(self, k: int = 1, invalid_reward: float = -1.0, name: str | None = None):
+        super().__init__(name or f"recall_at_{k}_reward", invalid_reward)
+        self.k = k
+
+    def score(self, parsed, row):
+        return recall_at_k(parsed.ranking, str(row["target"]), self.k)
 
 
 def _promotion(p: ParsedRanking, row: dict) -> float | None:
@@ -86,66 +97,101 @@ def _promotion(p: ParsedRanking, row: dict) -> float | None:
     return (int(pre) - new) / len(p.ranking)
 
 
+class RankPromotionReward(RankingReward):
+    """GR2's rank promotion: (position before - position after) / N for the true item; 0 when the true item is
+    not among the candidates."""
+
+    columns = ("candidates", "target", "pre_rank")
+
+    def __init__(self, invalid_reward: float = -1.0, name: str = "rank_promotion_reward"):
+        super().__init__(name, invalid_reward)
+
+    def score(self, parsed, row):
+        gain = _promotion(parsed, row)
+        return 0.0 if gain is None else gain
+
+
+class ConditionalFormatReward(RankingReward):
+    """`bonus` for a valid answer that moves the true item up or keeps it first, else 0 (also when invalid).
+    Rewarding format only together with progress stops a policy from collecting it by echoing the candidates."""
+
+    columns = ("candidates", "target", "pre_rank")
+
+    def __init__(self, bonus: float = 1.0, name: str = "conditional_format_reward"):
+        super().__init__(name, invalid_reward=0.0)
+        self.bonus = float(bonus)
+
+    def score(self, parsed, row):
+        gain = _promotion(parsed, row)
+        first = target_rank(parsed.ranking, str(row["target"])) == 0
+        return self.bonus if gain is not None and (gain > 0 or first) else 0.0
+
+
+class ValidityReward(RankingReward):
+    """1 for an exact permutation of the candidates, else 0."""
+
+    columns = ("candidates",)
+
+    def __init__(self, name: str = "validity_reward"):
+        super().__init__(name, invalid_reward=0.0)
+
+    def score(self, parsed, row):
+        return 1.0
+
+
+class CombinedReward:
+    """sum_i w_i * f_i(...) row by row; rows whose answer is invalid get `invalid_reward` (None: keep the sum)."""
+
+    def __init__(self, weighted: Sequence[tuple[RewardFunc, float]], invalid_reward: float | None = -1.0, name: str | None = None):
+        self.weighted = [(f, float(w)) for f, w in weighted]
+        if not self.weighted:
+            raise ValueError("combine_rewards needs at least one (reward function, weight) pair")
+        self.invalid_reward = invalid_reward
+        self.__name__ = name or "+".join(f"{w:g}*{getattr(f, '__name__', type(f).__name__)}" for f, w in self.weighted)
+        self._validity = ValidityReward(name=self.__name__)
+
+    def __call__(self, prompts=None, completions=(), **kwargs) -> list[float]:
+        parts = [f(prompts=prompts, completions=completions, **kwargs) for f, _ in self.weighted]
+        total = [sum(w * values[i] for (_, w), values in zip(self.weighted, parts)) for i in range(len(completions))]
+        if self.invalid_reward is None:
+            return total
+        valid = self._validity(prompts, completions, **kwargs)
+        return [t if v else float(self.invalid_reward) for t, v in zip(total, valid)]
+
+    def __repr__(self) -> str:
+        return f"CombinedReward(name={self.__name__!r})"
+
+
+def make_ndcg_reward(k: int | None = None, invalid_reward: float = -1.0, name: str | None = None) -> RewardFunc:
+    """NDCG@k reward (k=None: whole list), named `ndcg_at_{k}_reward`."""
+    return NDCGReward(k, invalid_reward, name)
+
+
+def make_recall_reward(k: int = 1, invalid_reward: float = -1.0, name: str | None = None) -> RewardFunc:
+    """R@k reward, named `recall_at_{k}_reward`."""
+    return RecallReward(k, invalid_reward, name)
+
+
 def make_rank_promotion_reward(invalid_reward: float = -1.0, name: str = "rank_promotion_reward") -> RewardFunc:
-    """GR2's rank promotion: how many places the true item moved up, over the list length; 0 when the true item
-    is not among the candidates; `invalid_reward` for an invalid answer."""
-
-    def reward(prompts=None, completions=(), **kwargs) -> list[float]:
-        out = []
-        for p, r in _rows(name, completions, kwargs, ("candidates", "target", "pre_rank")):
-            out.append(invalid_reward if not p.valid else (_promotion(p, r) or 0.0))
-        return out
-
-    return _named(reward, name)
+    return RankPromotionReward(invalid_reward, name)
 
 
 def make_conditional_format_reward(bonus: float = 1.0, name: str = "conditional_format_reward") -> RewardFunc:
-    """`bonus` for a valid answer that moves the true item up or keeps it first, else 0. Rewarding format only
-    together with progress stops a policy from collecting it by echoing the candidates in their given order."""
-
-    def reward(prompts=None, completions=(), **kwargs) -> list[float]:
-        out = []
-        for p, r in _rows(name, completions, kwargs, ("candidates", "target", "pre_rank")):
-            if not p.valid:
-                out.append(0.0)
-                continue
-            gain = _promotion(p, r)
-            first = target_rank(p.ranking, str(r["target"])) == 0
-            out.append(bonus if gain is not None and (gain > 0 or first) else 0.0)
-        return out
-
-    return _named(reward, name)
-
-
-def _validity(prompts=None, completions=(), **kwargs) -> list[float]:
-    cols = ("candidates",)
-    return [float(p.valid) for p, _ in _rows("validity_reward", completions, kwargs, cols)]
+    return ConditionalFormatReward(bonus, name)
 
 
 def combine_rewards(
     weighted: Sequence[tuple[RewardFunc, float]], invalid_reward: float | None = -1.0, name: str | None = None
 ) -> RewardFunc:
-    """sum_i w_i * f_i(...), row by row; rows whose answer is invalid get `invalid_reward` instead (None: keep
-    the weighted sum). The result has TRL's signature and a `__name__` built from the parts."""
-    weighted = [(f, float(w)) for f, w in weighted]
-    if not weighted:
-        raise ValueError("combine_rewards needs at least one (reward function, weight) pair")
-    name = name or "+".join(f"{w:g}*{f.__name__}" for f, w in weighted)
-
-    def reward(prompts=None, completions=(), **kwargs) -> list[float]:
-        parts = [f(prompts=prompts, completions=completions, **kwargs) for f, _ in weighted]
-        total = [sum(w * values[i] for (_, w), values in zip(weighted, parts)) for i in range(len(completions))]
-        if invalid_reward is None:
-            return total
-        valid = _validity(prompts, completions, **{"candidates": _column(name, kwargs, "candidates", len(completions))})
-        return [t if v else float(invalid_reward) for t, v in zip(total, valid)]
-
-    return _named(reward, name)
+    """A TRL-compatible reward computing sum_i w_i * f_i row by row, `invalid_reward` for invalid answers; its
+    `__name__` is `name` or built from the parts (e.g. `1*rank_promotion_reward+0.2*conditional_format_reward`)."""
+    return CombinedReward(weighted, invalid_reward, name)
 
 
-ndcg_reward = make_ndcg_reward(None, name="ndcg_reward")
-recall_reward = make_recall_reward(1, name="recall_reward")
-validity_reward = _named(_validity, "validity_reward")
+# k defaults: NDCG over the whole list, R@1 (R@10 of a valid permutation of 10 candidates says nothing).
+ndcg_reward = NDCGReward(None, name="ndcg_reward")
+recall_reward = RecallReward(1, name="recall_reward")
+validity_reward = ValidityReward()
 rank_promotion_reward = make_rank_promotion_reward()
 conditional_format_reward = make_conditional_format_reward()
 # The RL stage's default: rank promotion + 0.2 x conditional format, -1 for an invalid answer.

@@ -1,0 +1,5 @@
+"""Evaluate a re-ranker: ranking metrics with the pre-ranker fallback, validity and decoding throughput."""
+
+from .rerank import METRICS, evaluate_prerank_floor, evaluate_reranker, ranking_scores
+
+__all__ = ["METRICS", "evaluate_prerank_floor", "evaluate_reranker", "ranking_scores"]
