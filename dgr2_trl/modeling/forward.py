@@ -56,7 +56,12 @@ def forward_logits(
 ) -> torch.Tensor:
     """Logits `(B, len(keep_columns), V)` at the given columns only, using (and extending) `cache`."""
     hidden = decoder_hidden_states(model, input_ids, position_ids, allowed, cache)
-    return model.get_output_embeddings()(hidden[:, keep_columns]).float()
+    return _upcast(model.get_output_embeddings()(hidden[:, keep_columns]))
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    # softmax in at least float32; float64 stays float64 (exactness tests run in it)
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def log_probs_without_mask(
@@ -66,7 +71,7 @@ def log_probs_without_mask(
 
     `temperature` <= 0 means greedy decoding, whose reported log-probs are the untempered ones.
     """
-    logits = logits.float()
+    logits = _upcast(logits)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     if mask_token_id is not None and mask_token_id < logits.shape[-1]:

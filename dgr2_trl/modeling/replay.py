@@ -36,7 +36,7 @@ def replay_logprobs(
         raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
     valid = completion_mask.bool()
     steps = torch.where(valid, commit_step, -1)
-    result = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
+    result = torch.zeros(completion_ids.shape, dtype=torch.float64, device=completion_ids.device)
     head = model.get_output_embeddings()
     for first in range(0, int(steps.max().item()) + 1, merge_steps):
         scored = valid & (steps >= first) & (steps < first + merge_steps)
@@ -51,5 +51,5 @@ def replay_logprobs(
         logits = head(hidden[rows, layout.predictor_column[rows, offsets]])
         log_probs = log_probs_without_mask(logits, mask_token_id, temperature)
         token_logprob = log_probs.gather(-1, completion_ids[rows, offsets][:, None]).squeeze(-1)
-        result = result.index_put((rows, offsets), token_logprob.float())
+        result = result.index_put((rows, offsets), token_logprob.double())
     return result

@@ -110,7 +110,7 @@ class BlockDiffusionSampler:
             active = len(rows)
             tokens = torch.full((active, size), mask_id, dtype=torch.long, device=device)
             commit_step = torch.full((active, size), -1, dtype=torch.long, device=device)
-            token_logprob = torch.zeros(active, size, dtype=torch.float32, device=device)
+            token_logprob = torch.zeros(active, size, dtype=torch.float64, device=device)
             block_id = prompt_width + block_index
             noisy_blocks = torch.full((active, size), block_id, dtype=torch.long, device=device)
             noisy_positions = block_start[:, None] + offsets
