@@ -1,0 +1,89 @@
+"""build_rerank_datasets on Amazon Beauty and on a tiny folder in the same format."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from dgr2_trl.data import build_rerank_datasets, build_trace, load_amazon_beauty, train_rerank_tokenizer
+from dgr2_trl.rewards import parse_ranking
+
+
+@pytest.fixture(scope="module")
+def beauty():
+    return build_rerank_datasets(
+        load_amazon_beauty(), id_scheme="plain", max_train_queries=3000, max_eval_queries=300, seed=0
+    )
+
+
+def test_stats_and_eval_filter(beauty):
+    st = beauty.stats
+    assert st["test"]["num_queries"] == st["validation"]["num_queries"] == 22_363
+    assert 1_600 <= st["test"]["num_target_in_candidates"] <= 2_100
+    assert st["test"]["num_kept"] == len(beauty.test) == 300 and len(beauty.validation) == 300
+    assert all(beauty.test["target_in_candidates"]) and all(p >= 0 for p in beauty.test["pre_rank"])
+    assert len(beauty.train) == 3000
+
+
+def test_columns_and_consistency(beauty):
+    for split in (beauty.train, beauty.test):
+        for row in split.select(range(200)):
+            cands = row["candidates"]
+            assert len(cands) == 10 == len(set(cands))
+            assert not set(row["candidate_items"]) & set(map(int, row["history"]))
+            assert row["pre_rank"] == (cands.index(row["target"]) if row["target"] in cands else -1)
+            assert row["target_in_candidates"] == (row["target"] in cands)
+            assert row["target"] == str(row["target_item"])
+            assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+            assert [m["role"] for m in row["completion"]] == ["assistant"]
+            user = row["prompt"][1]["content"]
+            assert all(f"- {c} " in user for c in cands)
+            assert len(row["history"]) <= 10 and f"{len(row['history'])}. {row['history'][-1]} " in user
+            parsed = parse_ranking(row["completion"], cands)
+            assert parsed.valid
+            if row["target_in_candidates"]:
+                assert parsed.ranking == [row["target"]] + [c for c in cands if c != row["target"]]
+            else:
+                assert parsed.ranking == cands
+
+
+def test_target_insertion_fraction_and_positions(beauty):
+    train = beauty.train
+    inserted = sum(train["target_inserted"])
+    missed = inserted + sum(not x for x in train["target_in_candidates"])
+    assert inserted == beauty.stats["train"]["num_inserted"]
+    assert 0.45 < inserted / missed < 0.55
+    positions = Counter(p for p, ins in zip(train["pre_rank"], train["target_inserted"]) if ins)
+    assert len(positions) > 3 and positions[0] > positions[9]  # drawn like the natural hits, not all last
+
+
+def test_trace_length_with_recipe_tokenizer(beauty):
+    tok = train_rerank_tokenizer(beauty, vocab_size=1000)
+    lengths = sorted(len(tok(r[0]["content"].rsplit("\n", 1)[0])["input_ids"]) for r in beauty.test["completion"])
+    assert 50 <= lengths[len(lengths) // 2] <= 150
+    assert json.loads(beauty.test[0]["completion"][0]["content"].rsplit("\n", 1)[1])["ranking"]
+
+
+def test_trace_is_grounded_in_shared_words():
+    titles = {"1": "Argan Oil Shampoo", "2": "Argan Oil Conditioner", "3": "Red Nail Polish", "4": "Argan Hair Mask"}
+    trace = build_trace(["1", "2"], ["4", "3"], titles)
+    assert "most recently bought 2 (Argan Oil Conditioner)" in trace
+    assert "mostly about argan, oil and conditioner" in trace
+    assert "4 (Argan Hair Mask) fits best: it shares argan" in trace
+    assert "3 also relates" not in trace
+
+
+def test_generic_folder_and_keep_all(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    seqs = [[1, 2, 3, 4, 5], [2, 3, 4, 5, 6], [1, 3, 5, 2, 4], [6, 5, 4, 3, 2], [1, 2, 4, 6, 3]] * 4
+    (folder / "sequential_data_int.txt").write_text("\n".join(f"{u + 1} " + " ".join(map(str, s)) for u, s in enumerate(seqs)))
+    (folder / "items.tsv").write_text("item_id\tasin\ttitle\n" + "".join(f"{i}\tX{i}\ttoy item {i}\n" for i in range(1, 8)))
+    built = build_rerank_datasets(folder, id_scheme="single", num_candidates=3, keep_all_eval_queries=True, seed=1)
+    assert len(built.test) == 20 and len(built.train) == 20
+    assert built.special_tokens == [f"<i_{i}>" for i in range(1, 8)]
+    assert built.stats["test"]["num_target_in_candidates"] == sum(built.test["target_in_candidates"])
+    row = built.test[0]
+    assert len(row["candidates"]) == 3 and row["target"] == "<i_5>"
+    filtered = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, seed=1)
+    assert len(filtered.test) == built.stats["test"]["num_target_in_candidates"]
