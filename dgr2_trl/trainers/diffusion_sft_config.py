@@ -1,0 +1,168 @@
+"""Configuration of `DiffusionSFTTrainer` (conversion fine-tuning, CFT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+NORMALIZATIONS = ("auto", "completion", "masked")
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass
+class DiffusionSFTConfig(SFTConfig):
+    r"""
+    Configuration of [`DiffusionSFTTrainer`]: every [`trl.SFTConfig`] field, plus the block-diffusion ones below.
+
+    The loss is the masked-diffusion loss on the completion, computed for every block in one forward pass over the
+    `[prompt ; x_0 ; x_t]` layout of `dgr2_trl.modeling`. Only prompt-completion datasets are supported, without
+    packing.
+
+    Parameters:
+        > Block diffusion
+
+        block_size (`int`, *optional*):
+            Tokens per block. `None`: the block size stored in an already converted model, or 32 for an AR model.
+            Setting it on a converted model with another block size re-stores the new one (a warning says so).
+        mask_token (`str`, *optional*):
+            Mask token string. `None`: the converted model's own, or `"<|mask|>"` for an AR model (added to the
+            tokenizer if new). A converted model with a different mask token is an error.
+        noise_schedule (`str`, *optional*, defaults to `"linear"`):
+            `"linear"` (mask probability t) or `"cosine"`.
+        min_mask_ratio (`float`, *optional*, defaults to `0.1`):
+            Lower end of the diffusion time t drawn per block (for the linear schedule: the masking rate). Must be
+            `> 0` with `time_weighting` (its weight is 1/t).
+        max_mask_ratio (`float`, *optional*, defaults to `1.0`):
+            Upper end of t.
+        antithetic_noise (`bool`, *optional*, defaults to `True`):
+            Stratify the block times of a sequence (lower-variance loss, as in BD3-LM).
+        time_weighting (`bool`, *optional*, defaults to `True`):
+            Weight each masked token by the schedule's ELBO weight (1/t for the linear schedule).
+        loss_normalization (`str`, *optional*, defaults to `"auto"`):
+            Denominator of the token-level mean, summed over the whole accumulated batch (so gradient accumulation
+            matches one large batch): `"completion"` (weights of all completion tokens, the ELBO estimate),
+            `"masked"` (weights of the masked tokens), or `"auto"` (completion with time weighting, else masked).
+        answer_weight (`float`, *optional*, defaults to `2.0`):
+            Loss weight of answer tokens: from the last `answer_prefix` in the completion to its end (EOS included).
+        reasoning_weight (`float`, *optional*, defaults to `1.0`):
+            Loss weight of the tokens before the answer (the reasoning trace).
+        answer_prefix (`str`, *optional*, defaults to `'{"ranking"'`):
+            Text that starts the answer. Located in the decoded completion and mapped back to tokens, so it works
+            whatever the tokenizer merges around it. A completion without it is all reasoning.
+        complementary_masking (`bool`, *optional*, defaults to `False`):
+            Also train every sample with the inverse mask, as extra rows of the same forward pass, so each completion
+            token is supervised once per step. The inverse rows use the time whose mask probability is `1 - p(t)`
+            (for the linear schedule `1 - t`), clamped into `[min_mask_ratio, max_mask_ratio]`; use a range symmetric
+            around 0.5 to avoid clamping.
+        pad_completion_to_block (`bool`, *optional*, defaults to `True`):
+            Cut each completion after its first EOS and pad it with EOS to a multiple of `block_size`, training the
+            padding too: the sampler fills the positions after an EOS with EOS, so the model learns exactly that.
+            A completion truncated by `max_length` (no EOS) is left as it is.
+
+        > Validity probe (logged as `eval_valid_rate`)
+
+        valid_rate_num_prompts (`int`, *optional*, defaults to `0`):
+            At each evaluation, decode this many eval prompts with `BlockDiffusionSampler` and log the fraction whose
+            answer is a valid permutation of the `candidates` column. `0` disables it.
+        valid_rate_max_new_tokens (`int`, *optional*, defaults to `256`):
+            Decoding budget of the probe.
+        valid_rate_threshold (`float`, *optional*, defaults to `0.9`):
+            Confidence threshold of the probe's sampler.
+        valid_rate_batch_size (`int`, *optional*, defaults to `16`):
+            Prompts decoded together by the probe.
+
+    > [!NOTE]
+    > `packing=True` and `padding_free=True` are refused; `completion_only_loss` must be `None` or `True`.
+    """
+
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per block. None: the converted model's block size, or 32 for an AR model."},
+    )
+    mask_token: str | None = field(
+        default=None,
+        metadata={"help": "Mask token. None: the converted model's, or '<|mask|>' for an AR model."},
+    )
+    noise_schedule: str = field(
+        default="linear", metadata={"help": "Noise schedule.", "choices": list(SCHEDULES)}
+    )
+    min_mask_ratio: float = field(
+        default=0.1, metadata={"help": "Lowest diffusion time t per block (> 0 with time_weighting)."}
+    )
+    max_mask_ratio: float = field(default=1.0, metadata={"help": "Highest diffusion time t per block."})
+    antithetic_noise: bool = field(
+        default=True, metadata={"help": "Stratify the block times of each sequence (lower variance)."}
+    )
+    time_weighting: bool = field(
+        default=True, metadata={"help": "Weight masked tokens by the ELBO weight (1/t for linear)."}
+    )
+    loss_normalization: str = field(
+        default="auto",
+        metadata={
+            "help": "Denominator over the accumulated batch: completion token weights, masked token weights, or "
+            "auto (completion with time weighting, else masked).",
+            "choices": list(NORMALIZATIONS),
+        },
+    )
+    answer_weight: float = field(default=2.0, metadata={"help": "Loss weight of the answer tokens."})
+    reasoning_weight: float = field(default=1.0, metadata={"help": "Loss weight of the reasoning tokens."})
+    answer_prefix: str = field(
+        default='{"ranking"', metadata={"help": "Text that starts the answer at the end of a completion."}
+    )
+    complementary_masking: bool = field(
+        default=False, metadata={"help": "Also train each sample with the inverse mask (extra rows, same forward)."}
+    )
+    pad_completion_to_block: bool = field(
+        default=True, metadata={"help": "Cut completions after the first EOS and pad them with EOS to a block multiple."}
+    )
+    valid_rate_num_prompts: int = field(
+        default=0, metadata={"help": "Eval prompts decoded at each evaluation to log eval_valid_rate (0: off)."}
+    )
+    valid_rate_max_new_tokens: int = field(default=256, metadata={"help": "Decoding budget of the validity probe."})
+    valid_rate_threshold: float = field(default=0.9, metadata={"help": "Sampler threshold of the validity probe."})
+    valid_rate_batch_size: int = field(default=16, metadata={"help": "Batch size of the validity probe."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.block_size is not None and (
+            isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1
+        ):
+            raise ValueError(f"block_size must be an integer >= 1 (or None to inherit it), got {self.block_size!r}")
+        if self.packing or self.eval_packing:
+            raise ValueError(
+                "packing=True is not supported by DiffusionSFTTrainer: the block-diffusion layout needs one "
+                "completion per row (packed samples would attend across their boundaries). Set packing=False."
+            )
+        if self.padding_free:
+            raise ValueError("padding_free=True is not supported by DiffusionSFTTrainer; set padding_free=False.")
+        if self.completion_only_loss is False:
+            raise ValueError(
+                "completion_only_loss=False is not supported: the diffusion loss is defined on the completion only. "
+                "Leave it as None or True."
+            )
+        if self.assistant_only_loss:
+            raise ValueError(
+                "assistant_only_loss=True is not supported: DiffusionSFTTrainer needs a prompt-completion dataset "
+                "(columns 'prompt' and 'completion') and trains on the completion."
+            )
+        if self.noise_schedule not in SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {SCHEDULES}, got {self.noise_schedule!r}")
+        if self.loss_normalization not in NORMALIZATIONS:
+            raise ValueError(f"loss_normalization must be one of {NORMALIZATIONS}, got {self.loss_normalization!r}")
+        if not 0.0 <= self.min_mask_ratio <= self.max_mask_ratio <= 1.0 or self.max_mask_ratio <= 0.0:
+            raise ValueError(
+                "need 0 <= min_mask_ratio <= max_mask_ratio <= 1 and max_mask_ratio > 0, got "
+                f"min_mask_ratio={self.min_mask_ratio}, max_mask_ratio={self.max_mask_ratio}"
+            )
+        if self.time_weighting and self.min_mask_ratio <= 0.0:
+            raise ValueError("time_weighting=True needs min_mask_ratio > 0 (the weight of a masked token is 1/t)")
+        if self.answer_weight < 0 or self.reasoning_weight < 0 or self.answer_weight + self.reasoning_weight == 0:
+            raise ValueError(
+                "answer_weight and reasoning_weight must be >= 0 and not both 0, got "
+                f"{self.answer_weight} and {self.reasoning_weight}"
+            )
+        if self.loss_type != "nll":
+            raise ValueError(f"loss_type={self.loss_type!r} is not supported by DiffusionSFTTrainer; use 'nll'")
+        if self.valid_rate_num_prompts < 0 or self.valid_rate_batch_size < 1 or self.valid_rate_max_new_tokens < 1:
+            raise ValueError("valid_rate_num_prompts must be >= 0, valid_rate_batch_size and _max_new_tokens >= 1")

@@ -1,0 +1,395 @@
+"""`DiffusionSFTTrainer`: conversion fine-tuning (CFT) of an AR causal LM into a block-diffusion LM, on top of
+`trl.SFTTrainer`.
+
+SFTTrainer still does the dataset preparation (chat template, tokenisation, truncation), PEFT, checkpointing and
+logging. This subclass only swaps the collator (prompt/completion split, EOS padding to the block size, answer
+weights), draws the noise per sample, and replaces `compute_loss` with the masked-diffusion loss of
+`dgr2_trl.modeling`. The loss is normalised over the whole accumulated batch (`get_batch_samples`), so gradient
+accumulation gives the gradient of one large batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import SimpleNamespace
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutput
+from trl import SFTConfig, SFTTrainer
+
+from ..modeling.conversion import DEFAULT_MASK_TOKEN, convert_to_block_diffusion, get_block_diffusion_settings
+from ..modeling.loss import masked_diffusion_loss
+from ..modeling.noise import BlockNoise
+from .diffusion_sft_config import DiffusionSFTConfig
+from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
+
+logger = logging.getLogger(__name__)
+DEFAULT_BLOCK_SIZE = 32
+
+
+class _Decoder:
+    """Stands in for `model.get_decoder()` in the core loss, but runs the *whole* (possibly DDP/PEFT-wrapped) model.
+
+    Calling the inner decoder directly would bypass the DDP wrapper's forward, and with it the gradient all-reduce.
+    The full forward keeps logits for one column only (`logits_to_keep=1`); its last hidden state is the decoder's
+    (post-norm) output, which the core loss feeds to the LM head at the loss columns only.
+    """
+
+    def __init__(self, wrapped):
+        self.wrapped = wrapped
+
+    def forward(self, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
+        out = self.wrapped(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        return SimpleNamespace(last_hidden_state=out.hidden_states[-1])
+
+    __call__ = forward
+
+
+class _ThroughForward:
+    """The minimal model interface the core loss reads (config, dtype, decoder, LM head)."""
+
+    def __init__(self, wrapped, unwrapped):
+        self.config, self.dtype = unwrapped.config, unwrapped.dtype
+        self._decoder, self._unwrapped = _Decoder(wrapped), unwrapped
+
+    def get_decoder(self):
+        return self._decoder
+
+    def get_output_embeddings(self):
+        return self._unwrapped.get_output_embeddings()
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _check_dataset(dataset, name: str) -> None:
+    """Clear errors for datasets the diffusion loss cannot use."""
+    if dataset is None:
+        return
+    sample = next(iter(dataset))
+    columns = list(sample.keys())
+    tokenised = "input_ids" in sample and ("labels" in sample or "completion_mask" in sample)
+    if not tokenised and ("prompt" not in sample or "completion" not in sample):
+        raise ValueError(
+            f"the {name} dataset must be prompt-completion (columns 'prompt' and 'completion'), because the diffusion "
+            f"loss is defined on the completion; it has columns {columns}"
+        )
+    if isinstance(dataset, Dataset) and "completion" in columns:
+        empty = [i for i, c in enumerate(dataset["completion"]) if _is_empty(c)]
+        if empty:
+            raise ValueError(f"the {name} dataset has empty completions at rows {empty[:10]} (of {len(empty)})")
+
+
+def _is_empty(completion) -> bool:
+    if isinstance(completion, str):
+        return not completion.strip()
+    if isinstance(completion, (list, tuple)):
+        return all(not str(m.get("content") or "").strip() for m in completion if isinstance(m, dict))
+    return completion is None
+
+
+def _drop_trl_fused_forward(model) -> None:
+    """Remove a fused LM head that an earlier `SFTTrainer` patched onto this model instance.
+
+    TRL binds `model.forward` to a closure over the forward it replaced. On a `copy.deepcopy` of such a model (e.g.
+    a CFT student copied from a teacher trained in the same process) that closure still runs the *original* model,
+    so the copy would train another model's weights. `SFTTrainer.__init__` re-adds the head on the right model.
+    """
+    for module in (model, getattr(model, "get_base_model", lambda: None)()):
+        func = getattr(getattr(module, "__dict__", {}).get("forward"), "__func__", None)
+        if func is not None and func.__name__ == "_fused_forward" and func.__module__.startswith("trl."):
+            del module.__dict__["forward"]
+
+
+def _with_sample_index(dataset):
+    """Add a column holding each row's index: the key of its per-sample noise."""
+    if dataset is None or isinstance(dataset, str):
+        return dataset
+    if isinstance(dataset, dict):
+        return {key: _with_sample_index(value) for key, value in dataset.items()}
+    if SAMPLE_INDEX in (dataset.column_names or []):
+        return dataset
+    return dataset.map(lambda _, index: {SAMPLE_INDEX: index}, with_indices=True)
+
+
+class DiffusionSFTTrainer(SFTTrainer):
+    """Fine-tune a causal LM with the block-diffusion masked-diffusion loss on prompt-completion data.
+
+    `model` may be a plain AR model (converted here with `args.block_size` / `args.mask_token`), an already
+    converted one, or a path to either. `peft_config` trains a LoRA adapter as in `SFTTrainer`; convert the model
+    before wrapping it with PEFT yourself. Logs `loss`, `mask_ratio` (fraction of completion tokens masked) and, when
+    `args.valid_rate_num_prompts > 0`, `eval_valid_rate` at each evaluation.
+    """
+
+    _tag_names = ["trl", "sft", "block-diffusion", "dgr2"]
+    _name = "DiffusionSFT"
+
+    def __init__(
+        self,
+        model,
+        args: DiffusionSFTConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        args = self._coerce_args(args, model)
+        if isinstance(model, str):
+            model_path = model
+            model = AutoModelForCausalLM.from_pretrained(model_path, **(args.model_init_kwargs or {}))
+            args.model_init_kwargs = None  # consumed here (SFTTrainer would warn about it)
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(model_path)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        _check_dataset(train_dataset, "train")
+        for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
+            _check_dataset(dataset, name)
+
+        _drop_trl_fused_forward(model)
+        model, processing_class = self._convert(model, processing_class, args)
+        settings = get_block_diffusion_settings(model)
+        self.block_settings = settings
+        max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if max_positions is not None and settings.block_size > max_positions:
+            raise ValueError(
+                f"block_size={settings.block_size} does not fit the model's max_position_embeddings={max_positions}"
+            )
+        if data_collator is None:
+            data_collator = DiffusionSFTCollator(
+                tokenizer=getattr(processing_class, "tokenizer", processing_class),
+                block_size=settings.block_size,
+                answer_prefix=args.answer_prefix,
+                answer_weight=args.answer_weight,
+                reasoning_weight=args.reasoning_weight,
+                pad_completion_to_block=args.pad_completion_to_block,
+                max_positions=max_positions,
+            )
+        super().__init__(
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=_with_sample_index(train_dataset),
+            eval_dataset=_with_sample_index(eval_dataset),
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        # compute_loss divides by the weight total of the whole accumulated batch, so Trainer must not divide again
+        self.loss_is_scaled_for_ga = True
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    @staticmethod
+    def _coerce_args(args, model) -> DiffusionSFTConfig:
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            return DiffusionSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-CFT")
+        if isinstance(args, DiffusionSFTConfig):
+            return args
+        if isinstance(args, SFTConfig) or hasattr(args, "to_dict"):
+            values = args.to_dict()
+            values["hub_token"] = getattr(args, "hub_token", None)
+            return DiffusionSFTConfig(**values)
+        raise TypeError(f"args must be a DiffusionSFTConfig, got {type(args).__name__}")
+
+    @staticmethod
+    def _convert(model, tokenizer, args: DiffusionSFTConfig):
+        """Convert an AR model, or reconcile a converted one with the config; resolve `args.block_size/mask_token`."""
+        text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        settings = get_block_diffusion_settings(model)
+        if settings is None:
+            if _is_peft(model):
+                raise ValueError(
+                    "the PEFT model is not a block-diffusion model: convert the base model with "
+                    "convert_to_block_diffusion before wrapping it, or pass the base model with `peft_config`"
+                )
+            block_size = args.block_size or DEFAULT_BLOCK_SIZE
+            model, text_tokenizer = convert_to_block_diffusion(
+                model, text_tokenizer, block_size=block_size, mask_token=args.mask_token or DEFAULT_MASK_TOKEN
+            )
+        else:
+            if args.mask_token is not None and args.mask_token != settings.mask_token:
+                raise ValueError(
+                    f"the model was converted with mask_token {settings.mask_token!r} but the config asks for "
+                    f"{args.mask_token!r}; leave mask_token=None to keep the model's"
+                )
+            if args.block_size is not None and args.block_size != settings.block_size:
+                logger.warning(
+                    "the model was converted with block_size=%d; training (and storing) block_size=%d instead",
+                    settings.block_size,
+                    args.block_size,
+                )
+            if not _is_peft(model):  # re-stores the block size and registers the mask token with the tokenizer
+                convert_to_block_diffusion(
+                    model, text_tokenizer, block_size=args.block_size or settings.block_size, mask_token=settings.mask_token
+                )
+            if text_tokenizer.convert_tokens_to_ids(settings.mask_token) != settings.mask_token_id:
+                raise ValueError(
+                    f"the tokenizer maps the mask token {settings.mask_token!r} to "
+                    f"{text_tokenizer.convert_tokens_to_ids(settings.mask_token)}, but the model was converted with id "
+                    f"{settings.mask_token_id}; pass the tokenizer saved with the converted model"
+                )
+        settings = get_block_diffusion_settings(model)
+        args.block_size, args.mask_token = settings.block_size, settings.mask_token
+        return model, tokenizer
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if SAMPLE_INDEX not in self._signature_columns:  # keep the noise key through `remove_unused_columns`
+            self._signature_columns = [*self._signature_columns, SAMPLE_INDEX]
+
+    # ----------------------------------------------------------------------------------------------- noise and rows
+    def _add_noise(self, batch: dict, epoch) -> None:
+        noise = per_sample_noise(
+            batch["completion_mask"],
+            batch["sample_index"],
+            self.block_settings.block_size,
+            self.args.noise_schedule,
+            self.args.min_mask_ratio,
+            self.args.max_mask_ratio,
+            self.args.antithetic_noise,
+            self.args.seed,
+            epoch,
+        )
+        batch["noisy_mask"], batch["noise_t"] = noise.noisy_mask, noise.t
+
+    def _rows(self, batch: dict) -> dict:
+        """The rows that go through the model: the batch, plus its inverse-mask copy with complementary masking."""
+        rows = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "token_weights")}
+        rows["noisy_mask"], rows["noise_t"] = batch["noisy_mask"].bool(), batch["noise_t"]
+        if self.args.complementary_masking:
+            inverse = ~rows["noisy_mask"] & rows["completion_mask"].bool()
+            inverse_t = complementary_time(
+                rows["noise_t"], self.args.noise_schedule, self.args.min_mask_ratio, self.args.max_mask_ratio
+            )
+            rows = {k: torch.cat([v, v]) for k, v in rows.items()}
+            half = inverse.shape[0]
+            rows["noisy_mask"][half:], rows["noise_t"][half:] = inverse, inverse_t
+        return rows
+
+    def _normalization(self) -> str:
+        if self.args.loss_normalization != "auto":
+            return self.args.loss_normalization
+        return "completion" if self.args.time_weighting else "masked"
+
+    def _denominator(self, batch: dict) -> torch.Tensor:
+        """Sum of the token weights the loss is averaged over (all completion tokens, or the masked ones)."""
+        rows = self._rows(batch)
+        weights = rows["token_weights"].double() * rows["completion_mask"].double()
+        if self._normalization() == "masked":
+            weights = weights * rows["noisy_mask"].double()
+        return weights.sum()
+
+    def _epoch(self) -> int:
+        return int(math.floor(self.state.epoch or 0))
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the micro-batches of one optimizer step, draw their noise, and return the loss denominator of the
+        whole accumulated batch (summed over processes when `average_tokens_across_devices`)."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for batch in batch_samples:
+            self._add_noise(batch, self._epoch())
+            total = total + self._denominator(batch).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return batch_samples, total
+
+    # ----------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        if "noisy_mask" not in inputs:  # evaluation (or a caller outside the training loop): fixed eval noise
+            self._add_noise(inputs, "eval" if mode == "eval" else self._epoch())
+        rows = self._rows(inputs)
+        output = masked_diffusion_loss(
+            _ThroughForward(model, self.accelerator.unwrap_model(model)),
+            rows["prompt_ids"],
+            rows["prompt_mask"],
+            rows["completion_ids"],
+            rows["completion_mask"],
+            BlockNoise(rows["noisy_mask"], rows["noise_t"]),
+            self.block_settings.mask_token_id,
+            self.block_settings.block_size,
+            schedule=self.args.noise_schedule,
+            time_weighting=self.args.time_weighting,
+            token_weights=rows["token_weights"],
+        )
+        denominator = self._denominator(inputs) if num_items_in_batch is None else num_items_in_batch
+        denominator = torch.as_tensor(denominator, device=output.loss_sum.device, dtype=output.loss_sum.dtype)
+        loss = output.loss_sum / denominator.clamp(min=1e-8)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the denominator counts every process's tokens and DDP averages the gradients over processes
+            loss = loss * self.accelerator.num_processes
+        self._log_batch_metrics(inputs, mode)
+        if return_outputs:
+            return loss, CausalLMOutput(loss=loss.detach(), logits=None)
+        return loss
+
+    def _log_batch_metrics(self, inputs: dict, mode: str) -> None:
+        completion = inputs["completion_mask"].bool()
+        masked = (inputs["noisy_mask"].bool() & completion).sum()
+        counts = self.accelerator.gather_for_metrics(torch.stack([masked, completion.sum()]).reshape(1, 2)).sum(0)
+        self._metrics[mode]["mask_ratio"].append((counts[0] / counts[1].clamp(min=1)).item())
+        if mode == "train":
+            tokens = inputs["prompt_mask"].sum() + inputs["completion_mask"].sum()
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens.reshape(1)).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """SFTTrainer's evaluation (diffusion loss with fixed per-sample noise), plus `eval_valid_rate`."""
+        eval_dataset = _with_sample_index(eval_dataset)
+        if self.args.valid_rate_num_prompts > 0:
+            source = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if isinstance(eval_dataset, str):
+                source = self.eval_dataset[eval_dataset]
+            elif isinstance(source, dict):
+                source = next(iter(source.values()))
+            rate = self.valid_rate(source, self.args.valid_rate_num_prompts)
+            if rate is not None:
+                self._metrics["eval"]["valid_rate"].append(rate)
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    @torch.no_grad()
+    def valid_rate(self, dataset, num_prompts: int) -> float | None:
+        """Fraction of the first `num_prompts` rows whose block-diffusion decoding is a valid ranking of the row's
+        `candidates` (None when the dataset has no `prompt`/`candidates` columns)."""
+        from ..rewards.parsing import parse_ranking
+        from ..samplers import BlockDiffusionSampler
+
+        if dataset is None or not {"prompt", "candidates"} <= set(dataset.column_names or []):
+            logger.warning("valid_rate needs 'prompt' and 'candidates' columns in the eval dataset; skipped")
+            return None
+        rows = dataset.select(range(min(num_prompts, len(dataset))))
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            sampler = BlockDiffusionSampler(model, self.processing_class, threshold=self.args.valid_rate_threshold)
+            valid = 0
+            for start in range(0, len(rows), self.args.valid_rate_batch_size):
+                chunk = rows.select(range(start, min(start + self.args.valid_rate_batch_size, len(rows))))
+                texts = sampler.generate(list(chunk["prompt"]), max_new_tokens=self.args.valid_rate_max_new_tokens).texts
+                valid += sum(parse_ranking(t, c).valid for t, c in zip(texts, chunk["candidates"]))
+        finally:
+            model.train(was_training)
+        return valid / max(len(rows), 1)
