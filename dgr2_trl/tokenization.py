@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AddedToken, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -34,10 +34,12 @@ def train_chat_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` and wrap it as a chat tokenizer.
 
-    `extra_special_tokens` (e.g. semantic-id codes such as `<a_12>`) are never split and each gets one id.
+    `extra_special_tokens` (e.g. semantic-id codes such as `<a_12>`) are never split and each gets one id, but they
+    are added as *non-skipped* tokens: `decode(..., skip_special_tokens=True)` (what TRL and the samplers use to
+    produce completion text) keeps them, so a ranking written in item ids survives decoding.
     """
-    specials = [PAD_TOKEN, IM_START, IM_END, *extra_special_tokens]
-    if len(set(specials)) != len(specials):
+    specials = [PAD_TOKEN, IM_START, IM_END]
+    if len(set([*specials, *extra_special_tokens])) != len(specials) + len(extra_special_tokens):
         raise ValueError("extra_special_tokens repeat a token or clash with the chat markers")
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -54,9 +56,10 @@ def train_chat_tokenizer(
         tokenizer_object=core,
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=[IM_START, *extra_special_tokens],
+        additional_special_tokens=[IM_START],
         clean_up_tokenization_spaces=False,
     )
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra_special_tokens])
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.padding_side = "left"
     return tokenizer

@@ -19,7 +19,8 @@ def replay_logprobs(
     block_size: int,
     temperature: float = 1.0,
     merge_steps: int = 1,
-) -> torch.Tensor:
+    return_entropy: bool = False,
+):
     """Per-token log-probs `(B, R)` of `completion_ids`, each read in its decoding state.
 
     The state of step s masks, in every block at once, the tokens committed at step >= s (earlier blocks stay
@@ -30,13 +31,15 @@ def replay_logprobs(
     a token committed at step s+1 is then scored without seeing the tokens committed at step s.
 
     `completion_mask` marks every token the sampler had in its blocks (including the tail of the last block after
-    an EOS, so the states match); positions outside it come back as 0.
+    an EOS, so the states match); positions outside it come back as 0. With `return_entropy`, also returns the
+    entropy of each position's (tempered, mask-excluded) distribution: `(log_probs, entropies)`.
     """
     if merge_steps < 1:
         raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
     valid = completion_mask.bool()
     steps = torch.where(valid, commit_step, -1)
     result = torch.zeros(completion_ids.shape, dtype=torch.float64, device=completion_ids.device)
+    entropy = torch.zeros_like(result)
     head = model.get_output_embeddings()
     for first in range(0, int(steps.max().item()) + 1, merge_steps):
         scored = valid & (steps >= first) & (steps < first + merge_steps)
@@ -52,4 +55,9 @@ def replay_logprobs(
         log_probs = log_probs_without_mask(logits, mask_token_id, temperature)
         token_logprob = log_probs.gather(-1, completion_ids[rows, offsets][:, None]).squeeze(-1)
         result = result.index_put((rows, offsets), token_logprob.double())
-    return result
+        if return_entropy:
+            with torch.no_grad():
+                probs = log_probs.exp()
+                position_entropy = -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+            entropy = entropy.index_put((rows, offsets), position_entropy.double())
+    return (result, entropy) if return_entropy else result
