@@ -1,0 +1,262 @@
+"""On-policy distillation (OPD) of a block-diffusion student from an AR teacher, on TRL's DistillationTrainer.
+
+Written against TRL 1.16.0. Of `trl.DistillationTrainer` it keeps the whole training loop (generation-batch
+dataloader with `RepeatSampler`, `_prepare_inputs` buffering one generation per gradient-accumulation window,
+metric averaging in `log`, checkpointing) and overrides two seams:
+
+- `_generate_and_score_completions(inputs) -> dict`: rollouts by `BlockDiffusionSampler` (the student's own decoding,
+  `num_rollouts_per_prompt` per prompt), then the teacher's top-k log-probs of those tokens, computed once per
+  trajectory without grad (in-process HF model or vLLM server, see `dgr2_trl.teachers`);
+- `compute_loss`: per-token divergence between the teacher's top-k + tail bucket and the student's distribution on
+  the same buckets, read in the state in which the student committed each token (trajectory replay), averaged over
+  the completion tokens of the whole generation batch (like the base, so gradient accumulation = one large batch).
+
+`training_step` is wrapped only to time the update apart from the rollout and teacher time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from trl import DistillationTrainer
+
+from ..modeling.conversion import get_block_diffusion_settings
+from ..rewards.parsing import parse_ranking
+from ..samplers.block_diffusion import BlockDiffusionSampler
+from ..samplers.common import encode_prompts
+from ..teachers import InProcessTeacher, Teacher, VLLMServerTeacher
+from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, student_buckets, teacher_buckets
+from .opd_config import OnPolicyDistillConfig
+
+
+class OnPolicyDistillTrainer(DistillationTrainer):
+    """OPD for block-diffusion students (Diffusion-GR2 stage 3).
+
+    Args:
+        model: a block-diffusion student (converted with `dgr2_trl.convert_to_block_diffusion`), or its path.
+        teacher_model: the AR teacher: a `PreTrainedModel`, a path, or a ready `dgr2_trl.teachers.Teacher`. May be
+            omitted when `args.teacher_url` (vLLM server) or `args.teacher_model_name_or_path` is set.
+        args: `OnPolicyDistillConfig`.
+        train_dataset / eval_dataset: need a `prompt` column (text or chat messages); an optional `candidates`
+            column enables the logged valid rate of the rollouts (`dgr2_trl.rewards.parse_ranking`).
+        processing_class: the student's tokenizer (with its mask token).
+    """
+
+    _tag_names = ["trl", "dgr2-trl", "on-policy-distillation", "block-diffusion"]
+    _name = "OnPolicyDistill"
+
+    def __init__(
+        self,
+        model,
+        teacher_model: str | PreTrainedModel | Teacher | None = None,
+        args: OnPolicyDistillConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            args = OnPolicyDistillConfig(output_dir="opd-output")
+        if not isinstance(args, OnPolicyDistillConfig):
+            raise TypeError(f"args must be an OnPolicyDistillConfig, got {type(args).__name__}")
+        # The base would build a dense in-process teacher and its chunked JSD; ours goes through a Teacher instead.
+        super().__init__(
+            model=model,
+            teacher_model=None,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        settings = get_block_diffusion_settings(self.accelerator.unwrap_model(self.model))
+        if settings is None:
+            raise ValueError(
+                "the student is not a block-diffusion model: convert it first with "
+                "dgr2_trl.convert_to_block_diffusion(model, tokenizer, block_size=...)"
+            )
+        self.mask_token_id = settings.mask_token_id
+        self.rollout_block_size = args.block_size or settings.block_size
+        self.teacher = self._build_teacher(teacher_model, args)
+        self.teacher.check_tokenizer(self._tokenizer)
+        self._generation_seconds = 0.0  # rollout + teacher time spent inside the current training_step
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+    def _build_teacher(self, teacher_model, args: OnPolicyDistillConfig) -> Teacher:
+        if isinstance(teacher_model, Teacher):
+            return teacher_model
+        if teacher_model is None and args.teacher_url:
+            return VLLMServerTeacher(
+                args.teacher_url,
+                timeout=args.teacher_timeout,
+                max_retries=args.teacher_max_retries,
+                backoff_s=args.teacher_backoff_s,
+                batch_size=args.teacher_batch_size,
+            )
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError(
+                "no teacher: pass teacher_model (an AR model, a path or a dgr2_trl.teachers.Teacher), or set "
+                "args.teacher_url (vLLM server) or args.teacher_model_name_or_path"
+            )
+        teacher_tokenizer = None
+        if isinstance(teacher_model, str):
+            kwargs = dict(args.teacher_model_init_kwargs or {})
+            dtype = kwargs.pop("dtype", "float32")
+            kwargs["dtype"] = dtype if dtype == "auto" or not isinstance(dtype, str) else getattr(torch, dtype)
+            path = teacher_model
+            teacher_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            try:
+                from transformers import AutoTokenizer
+
+                teacher_tokenizer = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError):
+                teacher_tokenizer = None  # a model saved without its tokenizer: only the vocabulary size is checked
+        if get_block_diffusion_settings(teacher_model) is not None:
+            raise ValueError("the teacher must be the AR model, not a block-diffusion conversion")
+        teacher_model.to(self.accelerator.device).eval()
+        teacher_model.requires_grad_(False)
+        return InProcessTeacher(teacher_model, teacher_tokenizer, batch_size=args.teacher_batch_size)
+
+    # ---- rollouts + teacher scores (the base's generation seam) -------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        n = self.args.num_rollouts_per_prompt
+        examples = [example for example in inputs for _ in range(n)]
+        prompts = [example["prompt"] for example in examples]
+
+        start = time.perf_counter()
+        student = self.accelerator.unwrap_model(self.model)
+        sampler = BlockDiffusionSampler(
+            student,
+            self._tokenizer,
+            block_size=self.rollout_block_size,
+            threshold=self.args.threshold,
+            max_steps_per_block=self.args.max_steps_per_block,
+            eos_token_id=self.eos_token_ids,
+        )
+        out = sampler.generate(prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature)
+        rollout_s = time.perf_counter() - start
+
+        prompt_ids, prompt_mask = encode_prompts(self._tokenizer, prompts, device)
+        rows = [c + t for c, t in zip(out.completion_ids, out.trailing_ids)]
+        steps = [c + t for c, t in zip(out.commit_step, out.trailing_commit_step)]
+        width = max(1, max(len(r) for r in rows))
+        completion_ids = torch.full((len(rows), width), self._tokenizer.pad_token_id, dtype=torch.long)
+        completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        loss_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        commit_step = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, (row, step, kept) in enumerate(zip(rows, steps, out.completion_ids)):
+            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            commit_step[i, : len(row)] = torch.tensor(step, dtype=torch.long)
+            completion_mask[i, : len(row)] = 1
+            loss_mask[i, : len(kept)] = 1
+
+        start = time.perf_counter()
+        prompt_lists = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        scores = self.teacher.score(prompt_lists, out.completion_ids, top_k=self.args.teacher_top_k)
+        teacher_s = time.perf_counter() - start
+        k = scores.topk_logprobs.shape[-1]
+        topk_logprobs = torch.full((len(rows), width, k), float("-inf"))
+        topk_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
+        token_logprobs = torch.zeros(len(rows), width)
+        t = scores.topk_logprobs.shape[1]
+        topk_logprobs[:, :t], topk_ids[:, :t], token_logprobs[:, :t] = (
+            scores.topk_logprobs, scores.topk_ids, scores.token_logprobs
+        )
+
+        num_tokens = int(loss_mask.sum())
+        num_items = self.accelerator.gather(torch.tensor(float(num_tokens), device=device)).sum()
+        metrics = self._metrics[mode]
+        metrics["rollout/tokens_per_second"].append(out.num_generated_tokens / max(rollout_s, 1e-9))
+        metrics["rollout/forward_passes_per_token"].append(out.forward_passes_per_token)
+        metrics["time/rollout_s"].append(rollout_s)
+        metrics["time/teacher_s"].append(teacher_s)
+        metrics["teacher/tokens_per_second"].append(num_tokens / max(teacher_s, 1e-9))
+        metrics["completions/mean_length"].append(num_tokens / len(rows))
+        metrics["teacher/token_logprob"].append(float(token_logprobs[loss_mask.bool()].mean()) if num_tokens else 0.0)
+        if examples and "candidates" in examples[0]:
+            valid = [parse_ranking(text, ex["candidates"]).valid for text, ex in zip(out.texts, examples)]
+            metrics["valid_rate"].append(sum(valid) / len(valid))
+        if mode == "train":
+            self.state.num_input_tokens_seen += int(prompt_mask.sum()) + num_tokens
+            self._generation_seconds += rollout_s + teacher_s
+
+        # The base splits this dict along dim 0 into gradient-accumulation chunks, sized by the first tensor.
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids.to(device),
+            "completion_mask": completion_mask.to(device),
+            "loss_mask": loss_mask.to(device),
+            "commit_step": commit_step.to(device),
+            "teacher_topk_logprobs": topk_logprobs.to(device),
+            "teacher_topk_ids": topk_ids.to(device),
+            "teacher_token_logprobs": token_logprobs.to(device),
+            "num_items_in_batch": num_items,
+        }
+
+    # ---- loss ---------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        loss_mask = inputs["loss_mask"].bool()
+        if self.model.training and inputs.get("num_items_in_batch") is not None:
+            # Tokens of the whole generation batch (all processes, all accumulation steps): the per-step losses then
+            # add up to one token mean; divided by the process count because DDP averages gradients.
+            denominator = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        else:
+            denominator = loss_mask.sum().clamp(min=1)
+        unwrapped = self.accelerator.unwrap_model(model)
+        # Through the DDP/FSDP wrapper, as the base does, since replay calls the decoder directly.
+        per_token, forward_kl = self._forward_redirection(model, unwrapped, self._divergences, unwrapped, inputs)
+        # where, not a product: positions without a loss must not leak a NaN/inf into the sum or its gradient.
+        per_token = torch.where(loss_mask, per_token, 0.0)
+        loss = per_token.sum() / denominator
+        tokens = loss_mask.sum().clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["kl"].append(float(torch.where(loss_mask, forward_kl, 0.0).sum() / tokens))
+        metrics["divergence"].append(float(per_token.detach().sum() / tokens))
+        loss = loss.to(torch.float32)
+        return (loss, None) if return_outputs else loss
+
+    def _divergences(self, student, inputs):
+        """Per-token loss divergence `(B, R)` and, detached, the forward KL (logged as `kl` whatever the loss)."""
+        teacher_valid = torch.isfinite(inputs["teacher_topk_logprobs"])
+        # The student never produces its mask token; a teacher that has such a row keeps its mass in the tail.
+        teacher_valid &= inputs["teacher_topk_ids"] != self.mask_token_id
+        support, tail = replay_support_logprobs(
+            student,
+            inputs["prompt_ids"],
+            inputs["prompt_mask"],
+            inputs["completion_ids"],
+            inputs["completion_mask"],
+            inputs["commit_step"],
+            inputs["loss_mask"],
+            inputs["teacher_topk_ids"],
+            teacher_valid,
+            self.mask_token_id,
+            self.rollout_block_size,
+        )
+        teacher = teacher_buckets(inputs["teacher_topk_logprobs"], teacher_valid)
+        student_dist = student_buckets(support, tail, teacher_valid)
+        per_token = bucket_divergence(teacher, student_dist, self.args.divergence, self.args.jsd_beta)
+        with torch.no_grad():
+            forward_kl = per_token if self.args.divergence == "forward_kl" else bucket_divergence(
+                teacher, student_dist, "forward_kl"
+            )
+        return per_token, forward_kl.detach()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._generation_seconds = 0.0
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._metrics["train"]["time/update_s"].append(time.perf_counter() - start - self._generation_seconds)
+        return loss
