@@ -52,8 +52,9 @@ def synthetic_tokenizer():
 
 def tiny_model(tok, dtype=torch.float32, seed=0, **kwargs):
     # one spare row so conversion needs no resize
-    return tiny_causal_lm(len(tok) + 1, "qwen3", hidden_size=64, num_layers=2, dtype=dtype, seed=seed,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)  # fmt: skip
+    kwargs = {"hidden_size": 64, "num_layers": 2, **kwargs}
+    return tiny_causal_lm(len(tok) + 1, "qwen3", dtype=dtype, seed=seed, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id, **kwargs)  # fmt: skip
 
 
 def cpu_args(tmp_path, **overrides):
