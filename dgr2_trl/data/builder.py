@@ -51,7 +51,10 @@ def _rank(preranker: TransitionPreRanker, queries: Sequence[Query], k: int, trai
     return [preranker.top_k(q.history, k, own_prefix=train[q.user_index], position=q.position) for q in queries]
 
 
-def _row(query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool) -> dict:
+def _row(
+    query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
+    max_title_words: int = 12,
+) -> dict:
     cand_ids = [ids.id_of[c] for c in candidates]
     hist_ids = [ids.id_of[i] for i in query.history[-history_length:]]
     target_id = ids.id_of[query.target]
@@ -60,7 +63,7 @@ def _row(query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict
     # target ranking: true item first, the rest keep the pre-ranker order
     ranking = [target_id] + [c for c in cand_ids if c != target_id] if in_cands else cand_ids
     return {
-        "prompt": build_prompt(hist_ids, cand_ids, titles),
+        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words),
         "completion": build_completion(hist_ids, ranking, titles),
         "candidates": cand_ids,
         "target": target_id,
@@ -88,6 +91,7 @@ def build_rerank_datasets(
     id_scheme: str = "semantic",
     num_candidates: int = 10,
     history_length: int = 10,
+    max_title_words: int = 12,
     train_positions_per_user: int = 1,
     max_train_queries: int | None = None,
     max_eval_queries: int | None = None,
@@ -157,7 +161,7 @@ def build_rerank_datasets(
             cands = cands[:-1]
             cands.insert(pos, q.target)
             was_inserted, inserted = True, inserted + 1
-        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted))
+        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words))
     stats["train"]["num_inserted"] = inserted
 
     # --- evaluation queries ---------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ def build_rerank_datasets(
         pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
         pairs = _sample(pairs, max_eval_queries, rng)
         stats[name]["num_kept"] = len(pairs)
-        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False) for q, r in pairs])
+        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words) for q, r in pairs])
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(

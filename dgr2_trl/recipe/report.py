@@ -1,0 +1,82 @@
+"""Results of a recipe run: JSON, a Markdown table in the paper's shape, and the speed-frontier plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ROWS = [("floor", "pre-ranker floor"), ("ar", "AR teacher"), ("naive", "naive conversion"), ("cft", "+CFT"),
+        ("opd", "+OPD"), ("rl", "+RL")]
+PAPER = {  # arXiv 2607.01170, Amazon Beauty, Qwen3-8B (R@1 only is quoted in our design notes)
+    "floor": 0.2811, "ar": 0.2960, "naive": 0.2811, "cft": 0.2930, "opd": 0.2944, "rl": 0.2951,
+}
+
+
+def _fmt(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(stages: dict, frontier: list[dict]) -> str:
+    lines = ["| stage | R@1 | R@3 | NDCG@3 | valid rate | n | paper R@1 |", "|---|---|---|---|---|---|---|"]
+    for key, label in ROWS:
+        if key not in stages:
+            continue
+        s = stages[key]
+        valid = 1.0 if key == "floor" else s.get("valid_rate")
+        lines.append(f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('ndcg@3'))} "
+                     f"| {_fmt(valid, 3)} | {s.get('n', '-')} | {PAPER[key]:.4f} |")
+    if frontier:
+        lines += ["", "| model | threshold | batch | tokens/s | speed-up vs AR | passes/token | R@1 | valid rate | n |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in frontier:
+            tau = "-" if r["threshold"] is None else f"{r['threshold']:.2f}"
+            lines.append(f"| {r['model']} | {tau} | {r['batch_size']} | {_fmt(r['tokens_per_second'], 1)} | "
+                         f"{_fmt(r['speedup_vs_ar'], 2)}x | {_fmt(r['forward_passes_per_token'], 3)} | "
+                         f"{_fmt(r['recall@1'])} | {_fmt(r['valid_rate'], 3)} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(frontier: list[dict], path: Path) -> bool:
+    """Speed-up over AR (x) against R@1 (y), one line per batch size, thresholds annotated. False if matplotlib
+    is missing (install the `recipe` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no frontier plot (pip install 'dgr2-trl[recipe]')")
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for batch_size in sorted({r["batch_size"] for r in frontier}):
+        rows = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is not None]
+        ar = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is None]
+        xs = [r["speedup_vs_ar"] or 0 for r in rows]
+        ys = [r["recall@1"] or 0 for r in rows]
+        line, = axis.plot(xs, ys, marker="o", label=f"block diffusion, batch {batch_size}")
+        for r, x, y in zip(rows, xs, ys):
+            axis.annotate(f"τ={r['threshold']:g} (valid {r['valid_rate']:.2f})", (x, y), fontsize=7,
+                          textcoords="offset points", xytext=(4, 4))
+        if ar:
+            axis.scatter([1.0], [ar[0]["recall@1"]], marker="s", color=line.get_color(), label=f"AR, batch {batch_size}")
+    axis.set_xlabel("tokens/s over AR tokens/s (same machine)")
+    axis.set_ylabel("R@1 (invalid -> pre-ranker order)")
+    axis.set_title("Speed frontier")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_report(output_dir: Path, preset: dict, stages: dict, frontier: list[dict], machine: dict) -> str:
+    table = markdown_table(stages, frontier)
+    (output_dir / "results.json").write_text(json.dumps(
+        {"preset": preset, "machine": machine, "stages": stages, "frontier": frontier}, indent=2, default=str))
+    (output_dir / "results.md").write_text(table)
+    plot_frontier(frontier, output_dir / "frontier.png") if frontier else None
+    return table

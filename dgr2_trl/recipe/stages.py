@@ -1,0 +1,221 @@
+"""The recipe's stages: AR teacher SFT -> naive conversion -> CFT -> OPD -> RL, each saved and evaluated.
+
+Each stage writes `<output_dir>/<stage>/` (model + tokenizer + `metrics.json`); a stage whose `metrics.json`
+exists is loaded instead of re-run, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from ..data import build_rerank_datasets, train_rerank_tokenizer
+from ..evaluation import evaluate_prerank_floor, evaluate_reranker
+from ..modeling import convert_to_block_diffusion, tiny_causal_lm
+from ..samplers import ARSampler, BlockDiffusionSampler
+from .presets import RecipePreset
+
+logger = logging.getLogger(__name__)
+STAGES = ("ar", "naive", "cft", "opd", "rl")
+
+
+def common_args(preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float) -> dict:
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(stage_dir), max_steps=steps, learning_rate=learning_rate, per_device_train_batch_size=preset.batch_size,
+        lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10), logging_steps=max(1, min(10, steps // 10)),
+        save_strategy="no", report_to="none", seed=preset.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu, gradient_checkpointing=False, dataloader_num_workers=0,
+    )
+
+
+class Recipe:
+    """Runs the stages of one preset into `output_dir`."""
+
+    def __init__(self, preset: RecipePreset, output_dir: str | Path):
+        self.preset = preset
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(preset.seed)
+        start = time.perf_counter()
+        self.data = build_rerank_datasets(
+            id_scheme=preset.id_scheme, history_length=preset.history_length, max_title_words=preset.max_title_words,
+            max_train_queries=preset.max_train_queries, max_eval_queries=preset.max_eval_queries, seed=preset.seed,
+        )
+        self.test = self.data.test
+        logger.info("data built in %.1fs: %d train, %d test queries", time.perf_counter() - start,
+                    len(self.data.train), len(self.test))
+        self.tokenizer = self._tokenizer()
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _tokenizer(self):
+        path = self.output_dir / "tokenizer"
+        if path.exists():
+            return AutoTokenizer.from_pretrained(path)
+        if self.preset.model_name_or_path is None:
+            tokenizer = train_rerank_tokenizer(self.data, vocab_size=self.preset.tokenizer_vocab_size)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(self._pretrained_dir(), gguf_file=self.preset.gguf_file)
+            tokenizer.add_tokens(self.data.special_tokens)
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(path)
+        return tokenizer
+
+    def _pretrained_dir(self) -> str:
+        if self.preset.model_name_or_path == "smollm2":
+            from .smollm2 import smollm2_location
+
+            directory, self.preset.gguf_file = smollm2_location()
+            return directory
+        return self.preset.model_name_or_path
+
+    def _fresh_model(self):
+        p = self.preset
+        if p.model_name_or_path is None:
+            return tiny_causal_lm(
+                len(self.tokenizer) + 1, "qwen3", hidden_size=p.hidden_size, num_layers=p.num_layers,
+                num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=4 * p.hidden_size,
+                seed=p.seed, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        model = AutoModelForCausalLM.from_pretrained(self._pretrained_dir(), gguf_file=p.gguf_file,
+                                                     attn_implementation="sdpa")
+        model.resize_token_embeddings(len(self.tokenizer) + 1)
+        return model
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.output_dir / stage
+
+    def done(self, stage: str) -> bool:
+        return (self.stage_dir(stage) / "metrics.json").exists()
+
+    def load(self, stage: str):
+        return AutoModelForCausalLM.from_pretrained(self.stage_dir(stage)).eval()
+
+    def save(self, stage: str, model, metrics: dict) -> dict:
+        directory = self.stage_dir(stage)
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        metrics = {**metrics, "train_seconds": self.timings.get(stage)}
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    def evaluate(self, model, block: bool, threshold: float | None = None, batch_size: int | None = None,
+                 max_queries: int | None = None) -> dict:
+        model = model.eval()
+        if block:
+            sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold)
+        else:
+            sampler = ARSampler(model, self.tokenizer)
+        return evaluate_reranker(sampler, self.test, max_new_tokens=self.preset.max_new_tokens,
+                                 batch_size=batch_size or self.preset.eval_batch_size, max_queries=max_queries)
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def run_ar(self):
+        p = self.preset
+        model = self._fresh_model()
+        args = SFTConfig(**common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate), max_length=2048)
+        trainer = SFTTrainer(model, args=args, train_dataset=self.data.train, processing_class=self.tokenizer)
+        start = time.perf_counter()
+        trainer.train()
+        self.timings["ar"] = time.perf_counter() - start
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return self.save("ar", model, self.evaluate(model, block=False))
+
+    def run_naive(self):
+        model, _ = convert_to_block_diffusion(self.load("ar"), copy.deepcopy(self.tokenizer),
+                                              block_size=self.preset.block_size)
+        self.timings["naive"] = 0.0
+        return self.save("naive", model, self.evaluate(model, block=True))
+
+    def run_cft(self):
+        from ..trainers import DiffusionSFTConfig, DiffusionSFTTrainer
+
+        p = self.preset
+        args = DiffusionSFTConfig(**common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate),
+                                  block_size=p.block_size, max_length=2048, valid_rate_num_prompts=0)
+        trainer = DiffusionSFTTrainer(self.load("naive"), args=args, train_dataset=self.data.train,
+                                      processing_class=self.tokenizer)
+        start = time.perf_counter()
+        trainer.train()
+        self.timings["cft"] = time.perf_counter() - start
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return self.save("cft", model, self.evaluate(model, block=True))
+
+    def run_opd(self):
+        from ..trainers.opd_config import OnPolicyDistillConfig
+        from ..trainers.opd_trainer import OnPolicyDistillTrainer
+
+        p = self.preset
+        options = common_args(p, self.stage_dir("opd"), p.opd_steps, p.opd_learning_rate)
+        options["per_device_train_batch_size"] = p.opd_prompts_per_step
+        args = OnPolicyDistillConfig(**options, num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
+                                     threshold=p.eval_threshold, max_completion_length=p.max_new_tokens)
+        trainer = OnPolicyDistillTrainer(self.load("cft"), teacher_model=self.load("ar"), args=args,
+                                         train_dataset=self.data.train, processing_class=self.tokenizer)
+        start = time.perf_counter()
+        trainer.train()
+        self.timings["opd"] = time.perf_counter() - start
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return self.save("opd", model, self.evaluate(model, block=True))
+
+    def run_rl(self):
+        from ..trainers.diffusion_grpo_config import DiffusionGRPOConfig
+        from ..trainers.diffusion_grpo_trainer import DiffusionGRPOTrainer
+
+        p = self.preset
+        options = common_args(p, self.stage_dir("rl"), p.rl_steps, p.rl_learning_rate)
+        options["per_device_train_batch_size"] = p.rl_prompts_per_step * p.rl_num_generations
+        args = DiffusionGRPOConfig(**options, num_generations=p.rl_num_generations, threshold=p.eval_threshold,
+                                   max_completion_length=p.max_new_tokens, temperature=1.0)
+        trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=self.data.train,
+                                       processing_class=self.tokenizer)
+        start = time.perf_counter()
+        trainer.train()
+        self.timings["rl"] = time.perf_counter() - start
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return self.save("rl", model, self.evaluate(model, block=True))
+
+    def run_stage(self, stage: str) -> dict:
+        if self.done(stage):
+            logger.info("stage %s: already done, loading its metrics", stage)
+            return json.loads((self.stage_dir(stage) / "metrics.json").read_text())
+        logger.info("stage %s: running", stage)
+        return getattr(self, f"run_{stage}")()
+
+    def floor(self) -> dict:
+        return evaluate_prerank_floor(self.test)
+
+    def frontier(self, stage: str = "rl") -> list[dict]:
+        """Speed/quality frontier of the final model against AR decoding of the AR teacher (same size)."""
+        path = self.output_dir / "frontier.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        p, rows = self.preset, []
+        ar_model, final = self.load("ar"), self.load(stage)
+        for batch_size in p.frontier_batch_sizes:
+            limit = p.frontier_queries_batch1 if batch_size == 1 else None
+            ar = self.evaluate(ar_model, block=False, batch_size=batch_size, max_queries=limit)
+            rows.append(_frontier_row("ar", None, batch_size, ar, ar))
+            for threshold in p.frontier_thresholds:
+                scores = self.evaluate(final, block=True, threshold=threshold, batch_size=batch_size, max_queries=limit)
+                rows.append(_frontier_row(stage, threshold, batch_size, scores, ar))
+        path.write_text(json.dumps(rows, indent=2))
+        return rows
+
+
+def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict) -> dict:
+    return {
+        "model": model, "threshold": threshold, "batch_size": batch_size, "n": scores["n"],
+        "tokens_per_second": scores["tokens_per_second"],
+        "speedup_vs_ar": (scores["tokens_per_second"] / ar["tokens_per_second"]) if ar["tokens_per_second"] else None,
+        "forward_passes_per_token": scores["forward_passes_per_token"],
+        "recall@1": scores["recall@1"], "valid_rate": scores["valid_rate"],
+    }

@@ -1,0 +1,29 @@
+import json
+
+from dgr2_trl.recipe import get_preset, run_recipe
+from dgr2_trl.recipe.stages import STAGES
+
+
+def test_tiny_preset_end_to_end_and_resume(tmp_path):
+    preset = get_preset("tiny")
+    result = run_recipe(preset, tmp_path)
+    stages = result["stages"]
+    for stage in ("floor", *STAGES):
+        metrics = stages[stage]
+        for key in ("recall@1", "recall@3", "ndcg@3", "n"):
+            assert metrics[key] is not None, (stage, key)
+        assert metrics["n"] == stages["floor"]["n"] == preset.max_eval_queries  # every stage on the same queries
+    for stage in STAGES:
+        assert 0.0 <= stages[stage]["valid_rate"] <= 1.0
+        assert (tmp_path / stage / "metrics.json").exists() and (tmp_path / stage / "config.json").exists()
+    # the frontier has AR plus one row per threshold, at each batch size, with speed-ups against AR
+    rows = result["frontier"]
+    assert len(rows) == len(preset.frontier_batch_sizes) * (1 + len(preset.frontier_thresholds))
+    assert all(r["speedup_vs_ar"] > 0 for r in rows)
+    assert (tmp_path / "results.md").read_text().count("| +RL |") == 1
+    assert set(json.loads((tmp_path / "results.json").read_text())["stages"]) == {"floor", *STAGES}
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+    # resuming: every stage is loaded, nothing is retrained, the same numbers come back
+    again = run_recipe(preset, tmp_path)
+    for stage in STAGES:
+        assert again["stages"][stage] == stages[stage]
