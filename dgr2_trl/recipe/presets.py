@@ -14,11 +14,11 @@ class RecipePreset:
     """
 
     name: str
-    id_scheme: str = "single"
-    history_length: int = 5
-    max_title_words: int = 6
+    id_scheme: str = "plain"
+    history_length: int = 3
+    max_title_words: int = 4
     max_train_queries: int | None = 4000
-    max_eval_queries: int | None = 300
+    max_eval_queries: int | None = 150
     tokenizer_vocab_size: int = 2000
     model_name_or_path: str | None = None
     gguf_file: str | None = None
@@ -28,22 +28,22 @@ class RecipePreset:
     num_kv_heads: int = 2
     block_size: int = 32
     seed: int = 0
-    batch_size: int = 16
-    ar_steps: int = 600
+    batch_size: int = 8
+    ar_steps: int = 250
     ar_learning_rate: float = 3e-3
-    cft_steps: int = 300
+    cft_steps: int = 120
     cft_learning_rate: float = 1e-3
-    opd_steps: int = 20
+    opd_steps: int = 6
     opd_learning_rate: float = 2e-4
     opd_prompts_per_step: int = 4
     opd_rollouts_per_prompt: int = 4
-    rl_steps: int = 10
+    rl_steps: int = 3
     rl_learning_rate: float = 1e-5
     rl_num_generations: int = 8
     rl_prompts_per_step: int = 2
     eval_threshold: float = 0.9
     eval_batch_size: int = 16
-    max_new_tokens: int = 256
+    max_new_tokens: int = 200
     frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
     frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
     frontier_queries_batch1: int = 16
