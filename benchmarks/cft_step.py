@@ -109,6 +109,7 @@ def main():
     ar_batch = ar._prepare_inputs(next(iter(ar.get_train_dataloader())))
     cft_batch = cft._prepare_inputs(next(iter(cft.get_train_dataloader())))
     cft._add_noise(cft_batch, 0)  # what get_batch_samples does in training
+    ar.current_gradient_accumulation_steps = cft.current_gradient_accumulation_steps = 1
     results = {"ar": [], "cft": []}
     for step in range(args.steps + 1):  # alternate, so background load hits both alike; step 0 is warm-up
         for name, trainer, batch in (("ar", ar, ar_batch), ("cft", cft, cft_batch)):

@@ -43,9 +43,9 @@ class ScriptArguments:
 
 
 CPU_DEFAULTS = dict(
-    output_dir="outputs/cft", per_device_train_batch_size=16, max_steps=300, learning_rate=1e-3,
+    output_dir="outputs/cft", per_device_train_batch_size=8, max_steps=150, learning_rate=1e-3,
     lr_scheduler_type="cosine", warmup_steps=20, logging_steps=10, save_strategy="no", report_to="none",
-    bf16=False, gradient_checkpointing=False, max_length=1024, seed=0, block_size=16,
+    gradient_checkpointing=False, max_length=1024, seed=0, block_size=16,
     valid_rate_num_prompts=16, valid_rate_max_new_tokens=256,
 )  # fmt: skip
 
