@@ -8,6 +8,14 @@ from .modeling import (
     sample_block_noise,
 )
 from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput
+from .trainers import (
+    DiffusionGRPOConfig,
+    DiffusionGRPOTrainer,
+    DiffusionSFTConfig,
+    DiffusionSFTTrainer,
+    OnPolicyDistillConfig,
+    OnPolicyDistillTrainer,
+)
 
 __version__ = "0.1.0"
 
@@ -15,6 +23,12 @@ __all__ = [
     "ARSampler",
     "BlockDiffusionSampler",
     "BlockDiffusionSettings",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
+    "DiffusionSFTConfig",
+    "DiffusionSFTTrainer",
+    "OnPolicyDistillConfig",
+    "OnPolicyDistillTrainer",
     "GenerationOutput",
     "convert_to_block_diffusion",
     "get_block_diffusion_settings",
