@@ -6,6 +6,7 @@ prompt, and a target completion (trace + JSON ranking with the true item first, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -53,11 +54,18 @@ def _rank(preranker: TransitionPreRanker, queries: Sequence[Query], k: int, trai
 
 def _row(
     query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
-    max_title_words: int = 12,
+    max_title_words: int = 12, slot_ids: bool = False,
 ) -> dict:
-    cand_ids = [ids.id_of[c] for c in candidates]
+    """One query. With `slot_ids`, candidates are named by their slot `[1]`..`[k]` in this prompt (RankGPT-style
+    identifiers: copying a slot label is far easier for a small model than copying an item id)."""
+    if slot_ids:
+        cand_ids = [f"[{k}]" for k in range(1, len(candidates) + 1)]
+        titles = {**titles, **{label: titles[ids.id_of[item]] for label, item in zip(cand_ids, candidates)}}
+        target_id = cand_ids[candidates.index(query.target)] if query.target in candidates else ids.id_of[query.target]
+    else:
+        cand_ids = [ids.id_of[c] for c in candidates]
+        target_id = ids.id_of[query.target]
     hist_ids = [ids.id_of[i] for i in query.history[-history_length:]]
-    target_id = ids.id_of[query.target]
     in_cands = query.target in candidates
     pre_rank = candidates.index(query.target) if in_cands else -1
     # target ranking: true item first, the rest keep the pre-ranker order
@@ -106,7 +114,8 @@ def build_rerank_datasets(
 
     Args:
         data: a loaded `SequenceData`, a folder in the two-file format, or None for the bundled Amazon Beauty.
-        id_scheme: `semantic`, `single` or `plain` (see `dgr2_trl.data.item_ids`).
+        id_scheme: `semantic`, `single` or `plain` (see `dgr2_trl.data.item_ids`), or `slot`: candidates named
+            `[1]`..`[k]` by their position in the prompt (history items keep plain ids).
         train_positions_per_user: training queries per user (the last training items, latest first).
         max_train_queries / max_eval_queries: seeded subsets (eval: taken after the filter below).
         insert_target_fraction: fraction of training queries whose true item the pre-ranker missed that get it
@@ -134,7 +143,10 @@ def build_rerank_datasets(
     split = leave_one_out_split(data.sequences, data.user_ids)
     catalogue = sorted(data.titles)
     preranker = (preranker or TransitionPreRanker()).fit(split.train, catalogue=catalogue)
-    ids = make_item_ids(id_scheme, catalogue, split.train, data.titles, seed=seed, **(id_kwargs or {}))
+    slot_ids = id_scheme == "slot"
+    ids = make_item_ids("plain" if slot_ids else id_scheme, catalogue, split.train, data.titles, seed=seed, **(id_kwargs or {}))
+    if slot_ids:
+        ids = dataclasses.replace(ids, special_tokens=[f"[{k}]" for k in range(1, num_candidates + 1)])
     titles_by_id = {ids.id_of[i]: t for i, t in data.titles.items()}
     stats: dict = {"id_scheme": id_scheme, "item_ids": ids.stats, "num_users": len(data.sequences), "num_items": len(catalogue)}
 
@@ -161,7 +173,7 @@ def build_rerank_datasets(
             cands = cands[:-1]
             cands.insert(pos, q.target)
             was_inserted, inserted = True, inserted + 1
-        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words))
+        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words, slot_ids))
     stats["train"]["num_inserted"] = inserted
 
     # --- evaluation queries ---------------------------------------------------------------------------------
@@ -172,7 +184,7 @@ def build_rerank_datasets(
         pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
         pairs = _sample(pairs, max_eval_queries, rng)
         stats[name]["num_kept"] = len(pairs)
-        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words) for q, r in pairs])
+        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words, slot_ids) for q, r in pairs])
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(

@@ -14,7 +14,7 @@ class RecipePreset:
     """
 
     name: str
-    id_scheme: str = "plain"
+    id_scheme: str = "slot"
     history_length: int = 3
     max_title_words: int = 4
     max_train_queries: int | None = 4000
