@@ -87,3 +87,18 @@ def test_generic_folder_and_keep_all(tmp_path):
     assert len(row["candidates"]) == 3 and row["target"] == "<i_5>"
     filtered = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, seed=1)
     assert len(filtered.test) == built.stats["test"]["num_target_in_candidates"]
+
+
+def test_slot_ids_name_candidates_by_position():
+    from dgr2_trl.data import build_rerank_datasets
+    from dgr2_trl.rewards import parse_ranking
+
+    data = build_rerank_datasets(id_scheme="slot", max_train_queries=40, max_eval_queries=5, history_length=3)
+    labels = [f"[{k}]" for k in range(1, 11)]
+    assert data.special_tokens == labels
+    for row in data.test:
+        assert row["candidates"] == labels
+        assert row["target"] == labels[row["pre_rank"]]  # the true item's slot
+        parsed = parse_ranking(row["completion"][0]["content"], row["candidates"])
+        assert parsed.valid and parsed.ranking[0] == row["target"]
+        assert f"{row['target']} " in row["prompt"][1]["content"]  # each slot label introduces its candidate line
