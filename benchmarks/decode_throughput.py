@@ -12,6 +12,9 @@ and prints tokens/s, forward passes per token, the exact-match rate of the compl
 `ARSampler`, and writes them as JSON.
 
     python benchmarks/decode_throughput.py --train-seconds 60 --out benchmarks/results/decode_throughput.json
+
+On a GPU (as benchmarks/gpu_check.sh runs it): `--device cuda --dtype bfloat16` trains under bf16 autocast (fp32
+weights) and decodes with the weights cast to bf16; `--hidden-size/--num-layers/...` pick a larger model.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 from dgr2_trl import ARSampler, BlockDiffusionSampler, convert_to_block_diffusion
 from dgr2_trl.modeling import masked_diffusion_loss, sample_block_noise, tiny_causal_lm
@@ -66,29 +71,31 @@ def encode_batch(tokenizer, pairs, device):
     return prompt_ids, prompt_mask, completion, completion_mask
 
 
-def train(model, tokenizer, block_size, seconds, batch_size, seed):
-    """AR cross-entropy + block-diffusion loss, for a fixed wall-clock budget."""
+def train(model, tokenizer, block_size, seconds, batch_size, seed, dtype=torch.float32):
+    """AR cross-entropy + block-diffusion loss, for a fixed wall-clock budget (fp32 weights; autocast to `dtype`)."""
     rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)  # noise is drawn on the model's device
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     mask_id = tokenizer.mask_token_id
     model.train()
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         prompt_ids, prompt_mask, completion, completion_mask = encode_batch(
-            tokenizer, [make_example(rng) for _ in range(batch_size)], "cpu"
+            tokenizer, [make_example(rng) for _ in range(batch_size)], device
         )
         ids = torch.cat([prompt_ids, completion], 1)
         mask = torch.cat([prompt_mask, completion_mask], 1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        targets[:, : prompt_ids.shape[1] - 1] = -100
-        ar_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
-        noise = sample_block_noise(completion_mask, block_size, generator=generator)
-        diffusion = masked_diffusion_loss(
-            model, prompt_ids, prompt_mask, completion, completion_mask, noise, mask_id, block_size,
-            time_weighting=False,
-        ).loss(time_weighting=False)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            targets[:, : prompt_ids.shape[1] - 1] = -100
+            ar_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            noise = sample_block_noise(completion_mask, block_size, generator=generator)
+            diffusion = masked_diffusion_loss(
+                model, prompt_ids, prompt_mask, completion, completion_mask, noise, mask_id, block_size,
+                time_weighting=False,
+            ).loss(time_weighting=False)
         loss = ar_loss + diffusion
         optimizer.zero_grad()
         loss.backward()
@@ -115,6 +122,12 @@ def word_accuracy(texts, pairs):
     return hits / total
 
 
+def synchronize():
+    # CUDA kernels run asynchronously: wait for them before reading the clock
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_sampler(generate, pairs, batch_size, max_new_tokens, repeats):
     """Best-of-`repeats` tokens/s over the whole prompt set, decoded in batches of `batch_size`."""
     best = None
@@ -122,8 +135,10 @@ def time_sampler(generate, pairs, batch_size, max_new_tokens, repeats):
         texts, tokens, passes_per_token, elapsed = [], 0, [], 0.0
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i : i + batch_size]
+            synchronize()
             start = time.perf_counter()
             out = generate([p for p, _ in chunk], max_new_tokens)
+            synchronize()
             elapsed += time.perf_counter() - start
             texts += out.texts
             tokens += out.num_generated_tokens
@@ -148,7 +163,7 @@ class HFGenerate:
     def __call__(self, prompts, max_new_tokens):
         from dgr2_trl.samplers import GenerationOutput
 
-        ids, mask = encode_prompts(self.tokenizer, prompts)
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.model.device)
         mask_id = self.tokenizer.mask_token_id
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
@@ -175,15 +190,31 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/decode_throughput.json")
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="decoding dtype (training: fp32 weights under autocast to this dtype)")
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--num-kv-heads", type=int, default=2)
+    parser.add_argument("--intermediate-size", type=int, default=384)
+    parser.add_argument("--train-batch-size", type=int, default=16)
     args = parser.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available (torch {torch.__version__})")
 
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    model = tiny_causal_lm(len(tokenizer) + 1, "qwen3", hidden_size=128, num_layers=4, num_heads=4,
-                           num_kv_heads=2, intermediate_size=384, seed=args.seed)
+    model = tiny_causal_lm(len(tokenizer) + 1, "qwen3", hidden_size=args.hidden_size, num_layers=args.num_layers,
+                           num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+                           intermediate_size=args.intermediate_size, seed=args.seed)
     model, tokenizer = convert_to_block_diffusion(model, tokenizer, block_size=args.block_size)
-    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {args.train_seconds:.0f}s")
-    steps = train(model, tokenizer, args.block_size, args.train_seconds, batch_size=16, seed=args.seed)
+    model.to(device)
+    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {args.train_seconds:.0f}s "
+          f"on {device} ({args.dtype})")
+    steps = train(model, tokenizer, args.block_size, args.train_seconds, args.train_batch_size, args.seed, dtype)
+    model.to(dtype)  # decode in the requested precision (a no-op in the fp32 default)
 
     pairs = [make_example(random.Random(10_000 + i)) for i in range(args.num_prompts)]
     max_new = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in pairs) + 1
@@ -218,8 +249,10 @@ def main():
               f"{r['word_accuracy']:>6.3f}")
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "model": {"parameters": sum(p.numel() for p in model.parameters()), "block_size": args.block_size,
+                  "dtype": args.dtype, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
                   "train_seconds": args.train_seconds, "train_steps": steps},
         "max_new_tokens": max_new,
         "num_prompts": args.num_prompts,

@@ -25,6 +25,7 @@ from ..rewards import default_rl_reward, parse_ranking
 from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from .diffusion_grpo_config import DiffusionGRPOConfig
+from .distributed import generation_model, through_wrapper
 
 REPLAY_KEYS = ("commit_step", "trailing_ids", "trailing_commit_step")
 
@@ -109,10 +110,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         Returns TRL's rollout dict (`prompt_ids`, `completion_ids`, `logprobs`) plus the replay data
         (`commit_step`, `trailing_ids`, `trailing_commit_step`) and `texts`.
         """
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
+        # the unwrapped model (full parameters under ZeRO-3/FSDP), no grad: rollouts are never differentiated
+        with generation_model(self) as model:
             sampler = BlockDiffusionSampler(
                 model, self.processing_class, block_size=self.block_size, threshold=self.args.threshold,
                 max_steps_per_block=self.args.max_steps_per_block, eos_token_id=self.eos_token_ids,
@@ -126,8 +125,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                     prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature,
                     generator=generator,
                 )
-        finally:
-            model.train(was_training)
         prompt_ids, prompt_mask = encode_prompts(self.processing_class, prompts)
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
         seconds = max(out.elapsed_s, 1e-9)
@@ -204,8 +201,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             replay = self._active_replay
         else:  # called by TRL while scoring a fresh batch (old / reference log-probs), in rollout order
             replay = self._replay_tensors(self._pending_replay, logits_to_keep, input_ids.device)
-        model = self.accelerator.unwrap_model(model)
-        batch_size = batch_size or input_ids.shape[0]
+        # Replay calls the decoder and the LM head directly, so it runs inside the DDP/FSDP/DeepSpeed wrapper's
+        # forward: DDP then all-reduces the gradients, FSDP/ZeRO-3 materialise the parameters.
+        return through_wrapper(
+            self, model, self._replay, input_ids, attention_mask, logits_to_keep, replay,
+            batch_size or input_ids.shape[0], compute_entropy,
+        )
+
+    def _replay(self, model, input_ids, attention_mask, logits_to_keep, replay, batch_size, compute_entropy):
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.shape[0], batch_size):
             rows = slice(start, start + batch_size)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from types import SimpleNamespace
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -25,48 +24,10 @@ from ..modeling.loss import masked_diffusion_loss
 from ..modeling.noise import BlockNoise
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
+from .distributed import generation_model, through_wrapper
 
 logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_SIZE = 32
-
-
-class _Decoder:
-    """Stands in for `model.get_decoder()` in the core loss, but runs the *whole* (possibly DDP/PEFT-wrapped) model.
-
-    Calling the inner decoder directly would bypass the DDP wrapper's forward, and with it the gradient all-reduce.
-    The full forward keeps logits for one column only (`logits_to_keep=1`); its last hidden state is the decoder's
-    (post-norm) output, which the core loss feeds to the LM head at the loss columns only.
-    """
-
-    def __init__(self, wrapped):
-        self.wrapped = wrapped
-
-    def forward(self, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
-        out = self.wrapped(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
-        return SimpleNamespace(last_hidden_state=out.hidden_states[-1])
-
-    __call__ = forward
-
-
-class _ThroughForward:
-    """The minimal model interface the core loss reads (config, dtype, decoder, LM head)."""
-
-    def __init__(self, wrapped, unwrapped):
-        self.config, self.dtype = unwrapped.config, unwrapped.dtype
-        self._decoder, self._unwrapped = _Decoder(wrapped), unwrapped
-
-    def get_decoder(self):
-        return self._decoder
-
-    def get_output_embeddings(self):
-        return self._unwrapped.get_output_embeddings()
 
 
 def _is_peft(model) -> bool:
@@ -320,8 +281,24 @@ class DiffusionSFTTrainer(SFTTrainer):
         if "noisy_mask" not in inputs:  # evaluation (or a caller outside the training loop): fixed eval noise
             self._add_noise(inputs, "eval" if mode == "eval" else self._epoch())
         rows = self._rows(inputs)
-        output = masked_diffusion_loss(
-            _ThroughForward(model, self.accelerator.unwrap_model(model)),
+        # The core calls the decoder and the LM head directly, so it runs inside the DDP/FSDP/DeepSpeed wrapper's
+        # forward; that bypasses accelerate's autocast patch of `model.forward`, hence the explicit autocast.
+        with self.accelerator.autocast():
+            output = through_wrapper(self, model, self._diffusion_loss, rows)
+        denominator = self._denominator(inputs) if num_items_in_batch is None else num_items_in_batch
+        denominator = torch.as_tensor(denominator, device=output.loss_sum.device, dtype=output.loss_sum.dtype)
+        loss = output.loss_sum / denominator.clamp(min=1e-8)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the denominator counts every process's tokens and DDP averages the gradients over processes
+            loss = loss * self.accelerator.num_processes
+        self._log_batch_metrics(inputs, mode)
+        if return_outputs:
+            return loss, CausalLMOutput(loss=loss.detach(), logits=None)
+        return loss
+
+    def _diffusion_loss(self, model, rows: dict):
+        return masked_diffusion_loss(
+            model,
             rows["prompt_ids"],
             rows["prompt_mask"],
             rows["completion_ids"],
@@ -333,16 +310,6 @@ class DiffusionSFTTrainer(SFTTrainer):
             time_weighting=self.args.time_weighting,
             token_weights=rows["token_weights"],
         )
-        denominator = self._denominator(inputs) if num_items_in_batch is None else num_items_in_batch
-        denominator = torch.as_tensor(denominator, device=output.loss_sum.device, dtype=output.loss_sum.dtype)
-        loss = output.loss_sum / denominator.clamp(min=1e-8)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # the denominator counts every process's tokens and DDP averages the gradients over processes
-            loss = loss * self.accelerator.num_processes
-        self._log_batch_metrics(inputs, mode)
-        if return_outputs:
-            return loss, CausalLMOutput(loss=loss.detach(), logits=None)
-        return loss
 
     def _log_batch_metrics(self, inputs: dict, mode: str) -> None:
         completion = inputs["completion_mask"].bool()
@@ -379,17 +346,15 @@ class DiffusionSFTTrainer(SFTTrainer):
         if dataset is None or not {"prompt", "candidates"} <= set(dataset.column_names or []):
             logger.warning("valid_rate needs 'prompt' and 'candidates' columns in the eval dataset; skipped")
             return None
-        rows = dataset.select(range(min(num_prompts, len(dataset))))
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
+        # each process decodes its own share of the rows; the counts are summed over processes
+        total = min(num_prompts, len(dataset))
+        rows = dataset.select(range(self.accelerator.process_index, total, self.accelerator.num_processes))
+        valid = 0
+        with generation_model(self) as model:
             sampler = BlockDiffusionSampler(model, self.processing_class, threshold=self.args.valid_rate_threshold)
-            valid = 0
             for start in range(0, len(rows), self.args.valid_rate_batch_size):
                 chunk = rows.select(range(start, min(start + self.args.valid_rate_batch_size, len(rows))))
                 texts = sampler.generate(list(chunk["prompt"]), max_new_tokens=self.args.valid_rate_max_new_tokens).texts
                 valid += sum(parse_ranking(t, c).valid for t, c in zip(texts, chunk["candidates"]))
-        finally:
-            model.train(was_training)
-        return valid / max(len(rows), 1)
+        valid = self.accelerator.reduce(torch.tensor(float(valid), device=self.accelerator.device), reduction="sum")
+        return valid.item() / max(total, 1)

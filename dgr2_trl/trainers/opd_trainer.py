@@ -28,6 +28,7 @@ from ..samplers.block_diffusion import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from ..teachers import InProcessTeacher, Teacher, VLLMServerTeacher
 from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, student_buckets, teacher_buckets
+from .distributed import generation_model
 from .opd_config import OnPolicyDistillConfig
 
 
@@ -134,16 +135,19 @@ class OnPolicyDistillTrainer(DistillationTrainer):
         prompts = [example["prompt"] for example in examples]
 
         start = time.perf_counter()
-        student = self.accelerator.unwrap_model(self.model)
-        sampler = BlockDiffusionSampler(
-            student,
-            self._tokenizer,
-            block_size=self.rollout_block_size,
-            threshold=self.args.threshold,
-            max_steps_per_block=self.args.max_steps_per_block,
-            eos_token_id=self.eos_token_ids,
-        )
-        out = sampler.generate(prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature)
+        # the unwrapped student (full parameters under ZeRO-3/FSDP), no grad: rollouts are never differentiated
+        with generation_model(self) as student:
+            sampler = BlockDiffusionSampler(
+                student,
+                self._tokenizer,
+                block_size=self.rollout_block_size,
+                threshold=self.args.threshold,
+                max_steps_per_block=self.args.max_steps_per_block,
+                eos_token_id=self.eos_token_ids,
+            )
+            out = sampler.generate(
+                prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature
+            )
         rollout_s = time.perf_counter() - start
 
         prompt_ids, prompt_mask = encode_prompts(self._tokenizer, prompts, device)
@@ -174,20 +178,25 @@ class OnPolicyDistillTrainer(DistillationTrainer):
         )
 
         num_tokens = int(loss_mask.sum())
-        num_items = self.accelerator.gather(torch.tensor(float(num_tokens), device=device)).sum()
+        has_candidates = bool(examples) and "candidates" in examples[0]
+        valid = [parse_ranking(t, ex["candidates"]).valid for t, ex in zip(out.texts, examples)] if has_candidates else []
+        # Sums over all processes, in one collective: the logged metrics describe the whole generation batch.
+        local = [num_tokens, len(rows), float(token_logprobs[loss_mask.bool()].sum()), sum(valid),
+                 int(prompt_mask.sum())]
+        totals = self.accelerator.gather(torch.tensor([local], dtype=torch.float64, device=device)).sum(0).tolist()
+        num_items = torch.tensor(totals[0], dtype=torch.float32, device=device)
         metrics = self._metrics[mode]
         metrics["rollout/tokens_per_second"].append(out.num_generated_tokens / max(rollout_s, 1e-9))
         metrics["rollout/forward_passes_per_token"].append(out.forward_passes_per_token)
         metrics["time/rollout_s"].append(rollout_s)
         metrics["time/teacher_s"].append(teacher_s)
         metrics["teacher/tokens_per_second"].append(num_tokens / max(teacher_s, 1e-9))
-        metrics["completions/mean_length"].append(num_tokens / len(rows))
-        metrics["teacher/token_logprob"].append(float(token_logprobs[loss_mask.bool()].mean()) if num_tokens else 0.0)
-        if examples and "candidates" in examples[0]:
-            valid = [parse_ranking(text, ex["candidates"]).valid for text, ex in zip(out.texts, examples)]
-            metrics["valid_rate"].append(sum(valid) / len(valid))
+        metrics["completions/mean_length"].append(totals[0] / max(totals[1], 1))
+        metrics["teacher/token_logprob"].append(totals[2] / totals[0] if totals[0] else 0.0)
+        if has_candidates:
+            metrics["valid_rate"].append(totals[3] / max(totals[1], 1))
         if mode == "train":
-            self.state.num_input_tokens_seen += int(prompt_mask.sum()) + num_tokens
+            self.state.num_input_tokens_seen += int(totals[4] + totals[0])
             self._generation_seconds += rollout_s + teacher_s
 
         # The base splits this dict along dim 0 into gradient-accumulation chunks, sized by the first tensor.
@@ -220,10 +229,13 @@ class OnPolicyDistillTrainer(DistillationTrainer):
         # where, not a product: positions without a loss must not leak a NaN/inf into the sum or its gradient.
         per_token = torch.where(loss_mask, per_token, 0.0)
         loss = per_token.sum() / denominator
-        tokens = loss_mask.sum().clamp(min=1)
+        # token means over all processes (gathered here, outside the wrapper's forward, as the base does)
+        sums = torch.stack([torch.where(loss_mask, forward_kl, 0.0).sum(), per_token.detach().sum(),
+                            loss_mask.sum().to(per_token.dtype)])
+        kl_sum, divergence_sum, tokens = self.accelerator.gather(sums[None].double()).sum(0).tolist()
         metrics = self._metrics[mode]
-        metrics["kl"].append(float(torch.where(loss_mask, forward_kl, 0.0).sum() / tokens))
-        metrics["divergence"].append(float(per_token.detach().sum() / tokens))
+        metrics["kl"].append(kl_sum / max(tokens, 1.0))
+        metrics["divergence"].append(divergence_sum / max(tokens, 1.0))
         loss = loss.to(torch.float32)
         return (loss, None) if return_outputs else loss
 
