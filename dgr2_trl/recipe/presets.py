@@ -47,6 +47,7 @@ class RecipePreset:
     frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
     frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
     frontier_queries_batch1: int = 16
+    frontier_max_queries: int | None = 48
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -201,7 +201,7 @@ class Recipe:
         p, rows = self.preset, []
         ar_model, final = self.load("ar"), self.load(stage)
         for batch_size in p.frontier_batch_sizes:
-            limit = p.frontier_queries_batch1 if batch_size == 1 else None
+            limit = p.frontier_queries_batch1 if batch_size == 1 else p.frontier_max_queries
             ar = self.evaluate(ar_model, block=False, batch_size=batch_size, max_queries=limit)
             rows.append(_frontier_row("ar", None, batch_size, ar, ar))
             for threshold in p.frontier_thresholds:
