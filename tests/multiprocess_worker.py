@@ -167,3 +167,7 @@ if __name__ == "__main__":
     out_dir.mkdir(parents=True, exist_ok=True)
     for trainer_name in sys.argv[2:] or ["sft", "opd", "grpo"]:
         run(trainer_name, out_dir)
+    # An undestroyed gloo group can abort the interpreter at exit ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
