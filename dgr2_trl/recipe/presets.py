@@ -35,12 +35,14 @@ class RecipePreset:
     cft_learning_rate: float = 1e-3
     opd_steps: int = 6
     opd_learning_rate: float = 2e-4
-    opd_prompts_per_step: int = 4
+    opd_prompts_per_step: int = 2
     opd_rollouts_per_prompt: int = 4
+    # caps the denoising steps per block in OPD/RL rollouts: replay keeps one forward's activations per step
+    rollout_max_steps_per_block: int | None = 8
     rl_steps: int = 3
     rl_learning_rate: float = 1e-5
     rl_num_generations: int = 8
-    rl_prompts_per_step: int = 2
+    rl_prompts_per_step: int = 1
     eval_threshold: float = 0.9
     eval_batch_size: int = 16
     max_new_tokens: int = 200
