@@ -8,6 +8,44 @@ from .forward import decoder_hidden_states, log_probs_without_mask
 from .masks import build_training_layout
 
 
+def replay_states(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    commit_step: torch.Tensor,
+    mask_token_id: int,
+    block_size: int,
+    scored_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    merge_steps: int = 1,
+):
+    """Yield `(rows, offsets, log_probs)` per replayed state: the (tempered, mask-excluded) log-distributions of the
+    completion positions committed at steps `first..first+merge_steps-1`, read in the state of step `first` (its
+    tokens committed at step >= first masked in every block). `scored_mask` restricts which positions are read."""
+    if merge_steps < 1:
+        raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
+    valid = completion_mask.bool()
+    steps = torch.where(valid, commit_step, -1)
+    wanted = valid if scored_mask is None else valid & scored_mask.bool()
+    if not wanted.any():
+        return
+    head = model.get_output_embeddings()
+    for first in range(0, int(torch.where(wanted, steps, -1).max().item()) + 1, merge_steps):
+        scored = wanted & (steps >= first) & (steps < first + merge_steps)
+        if not scored.any():
+            continue
+        layout = build_training_layout(
+            prompt_ids, prompt_mask, completion_ids, completion_mask, valid & (steps >= first), mask_token_id,
+            block_size,
+        )
+        hidden = decoder_hidden_states(model, layout.input_ids, layout.position_ids, layout.attention_mask)
+        rows, offsets = torch.nonzero(scored, as_tuple=True)
+        logits = head(hidden[rows, layout.predictor_column[rows, offsets]])
+        yield rows, offsets, log_probs_without_mask(logits, mask_token_id, temperature)
+
+
 def replay_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -34,25 +72,12 @@ def replay_logprobs(
     an EOS, so the states match); positions outside it come back as 0. With `return_entropy`, also returns the
     entropy of each position's (tempered, mask-excluded) distribution: `(log_probs, entropies)`.
     """
-    if merge_steps < 1:
-        raise ValueError(f"merge_steps must be >= 1, got {merge_steps}")
-    valid = completion_mask.bool()
-    steps = torch.where(valid, commit_step, -1)
     result = torch.zeros(completion_ids.shape, dtype=torch.float64, device=completion_ids.device)
     entropy = torch.zeros_like(result)
-    head = model.get_output_embeddings()
-    for first in range(0, int(steps.max().item()) + 1, merge_steps):
-        scored = valid & (steps >= first) & (steps < first + merge_steps)
-        if not scored.any():
-            continue
-        noisy = valid & (steps >= first)
-        layout = build_training_layout(
-            prompt_ids, prompt_mask, completion_ids, completion_mask, noisy, mask_token_id, block_size
-        )
-        hidden = decoder_hidden_states(model, layout.input_ids, layout.position_ids, layout.attention_mask)
-        rows, offsets = torch.nonzero(scored, as_tuple=True)
-        logits = head(hidden[rows, layout.predictor_column[rows, offsets]])
-        log_probs = log_probs_without_mask(logits, mask_token_id, temperature)
+    for rows, offsets, log_probs in replay_states(
+        model, prompt_ids, prompt_mask, completion_ids, completion_mask, commit_step, mask_token_id, block_size,
+        temperature=temperature, merge_steps=merge_steps,
+    ):
         token_logprob = log_probs.gather(-1, completion_ids[rows, offsets][:, None]).squeeze(-1)
         result = result.index_put((rows, offsets), token_logprob.double())
         if return_entropy:

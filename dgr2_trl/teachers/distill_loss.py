@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
-from ..modeling.masks import build_training_layout
+from ..modeling.replay import replay_states
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 # Floor for a tail bucket's log-mass: a teacher top-k that covers the whole vocabulary leaves a tail of exactly 0,
@@ -37,25 +36,14 @@ def replay_support_logprobs(
     `completion_mask` covers the completion and the tail of its last block (the sampler's states include it);
     `loss_mask` only the tokens that get a loss. Entries outside `loss_mask` come back as 0.
     """
-    valid = completion_mask.bool()
-    scored_positions = valid & loss_mask.bool()
-    steps = torch.where(valid, commit_step, -1)
     batch, width, k = support_ids.shape
     dtype = torch.float32 if model.dtype in (torch.float16, torch.bfloat16) else model.dtype
     support = torch.zeros(batch, width, k, dtype=dtype, device=support_ids.device)
     tail = torch.zeros(batch, width, dtype=dtype, device=support_ids.device)
-    head = model.get_output_embeddings()
-    last = int(torch.where(scored_positions, steps, -1).max().item()) if scored_positions.any() else -1
-    for step in range(last + 1):
-        scored = scored_positions & (steps == step)
-        if not scored.any():
-            continue
-        layout = build_training_layout(
-            prompt_ids, prompt_mask, completion_ids, completion_mask, valid & (steps >= step), mask_token_id, block_size
-        )
-        hidden = decoder_hidden_states(model, layout.input_ids, layout.position_ids, layout.attention_mask)
-        rows, offsets = torch.nonzero(scored, as_tuple=True)
-        log_probs = log_probs_without_mask(head(hidden[rows, layout.predictor_column[rows, offsets]]), mask_token_id)
+    for rows, offsets, log_probs in replay_states(
+        model, prompt_ids, prompt_mask, completion_ids, completion_mask, commit_step, mask_token_id, block_size,
+        scored_mask=loss_mask,
+    ):
         ids, ok = support_ids[rows, offsets], support_valid[rows, offsets]
         in_support = torch.zeros_like(log_probs).scatter_add_(-1, ids, ok.to(log_probs.dtype)) > 0
         support = support.index_put((rows, offsets), log_probs.gather(-1, ids).to(dtype))
