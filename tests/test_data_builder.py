@@ -102,3 +102,36 @@ def test_slot_ids_name_candidates_by_position():
         parsed = parse_ranking(row["completion"][0]["content"], row["candidates"])
         assert parsed.valid and parsed.ranking[0] == row["target"]
         assert f"{row['target']} " in row["prompt"][1]["content"]  # each slot label introduces its candidate line
+
+
+def test_short_trace_evidence_comes_from_the_prompt_only():
+    from dgr2_trl.data import build_short_trace
+
+    titles = {"h1": "Argan Oil Shampoo", "h2": "Red Nail Polish", "a": "Argan Hair Mask", "b": "Nail Polish Remover",
+              "c": "Blue Eyeliner", "d": "Argan Oil Serum Extra"}
+    cands = ["a", "b", "c", "d"]
+    # most shared with the most recent item (h2) first, then most shared overall, then prompt order
+    assert build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles) == \
+        "Related: b nail polish; d argan oil; a argan. Best: c."
+    # the evidence does not depend on the answer
+    other = build_short_trace(["h1", "h2"], cands, ["a", "b", "c", "d"], titles)
+    assert other.split("Best:")[0] == "Related: b nail polish; d argan oil; a argan. " and other.endswith("Best: a.")
+    # words cut from the shown title are not evidence
+    assert build_short_trace(["h1"], ["d"], ["d"], titles, max_title_words=1) == "Related: d argan. Best: d."
+    assert build_short_trace(["h2"], ["c"], ["c"], titles) == "Related: none. Best: c."
+
+
+def test_compact_prompt_and_short_trace_dataset():
+    data = build_rerank_datasets(id_scheme="slot", max_train_queries=30, max_eval_queries=5, history_length=3,
+                                 max_title_words=4, prompt_style="compact", trace_style="short")
+    for row in data.test:
+        assert [m["role"] for m in row["prompt"]] == ["user"]
+        lines = row["prompt"][0]["content"].split("\n")
+        assert lines[0] == "History:" and lines[4] == "Candidates:" and len(lines) == 16
+        trace, answer = row["completion"][0]["content"].split("\n")
+        assert trace.startswith("Related: ") and trace.endswith(f"Best: {row['target']}.")
+        assert parse_ranking(answer, row["candidates"]).ranking[0] == row["target"]
+    with pytest.raises(ValueError, match="trace_style must be one of"):
+        build_rerank_datasets(id_scheme="slot", max_train_queries=5, max_eval_queries=5, trace_style="long")
+    with pytest.raises(ValueError, match="prompt_style must be one of"):
+        build_rerank_datasets(id_scheme="slot", max_train_queries=5, max_eval_queries=5, prompt_style="tiny")

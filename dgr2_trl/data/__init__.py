@@ -14,13 +14,13 @@ from .item_ids import (
 )
 from .loading import BUNDLED_BEAUTY_DIR, DataFormatError, SequenceData, load_amazon_beauty, load_sequence_data, read_sequences, read_titles
 from .preranker import TransitionPreRanker, ranking_metrics
-from .prompts import SYSTEM_PROMPT, build_completion, build_prompt, build_trace, format_answer, shorten_title
+from .prompts import SYSTEM_PROMPT, build_completion, build_prompt, build_short_trace, build_trace, format_answer, shorten_title
 from .split import LeaveOneOutSplit, Query, leave_one_out_split, training_queries
 
 __all__ = [
     "BUNDLED_BEAUTY_DIR", "DataFormatError", "ID_SCHEMES", "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData",
     "SYSTEM_PROMPT", "SequenceData", "TransitionPreRanker", "build_completion", "build_prompt", "build_rerank_datasets",
-    "build_trace", "format_answer", "item_vectors", "kmeans", "leave_one_out_split", "load_amazon_beauty",
+    "build_short_trace", "build_trace", "format_answer", "item_vectors", "kmeans", "leave_one_out_split", "load_amazon_beauty",
     "load_sequence_data", "make_item_ids", "plain_item_ids", "ranking_metrics", "read_sequences", "read_titles",
     "rerank_tokenizer_texts", "residual_codes", "semantic_item_ids", "shorten_title", "single_token_item_ids",
     "target_position_histogram", "train_rerank_tokenizer", "training_queries",

@@ -19,7 +19,7 @@ from datasets import Dataset
 from .item_ids import ItemIdentifiers, make_item_ids
 from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .preranker import TransitionPreRanker, ranking_metrics
-from .prompts import build_completion, build_prompt
+from .prompts import PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
 from .split import Query, leave_one_out_split, training_queries
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _rank(preranker: TransitionPreRanker, queries: Sequence[Query], k: int, trai
 
 def _row(
     query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
-    max_title_words: int = 12, slot_ids: bool = False,
+    max_title_words: int = 12, slot_ids: bool = False, prompt_style: str = "full", trace_style: str = "full",
 ) -> dict:
     """One query. With `slot_ids`, candidates are named by their slot `[1]`..`[k]` in this prompt (RankGPT-style
     identifiers: copying a slot label is far easier for a small model than copying an item id)."""
@@ -71,8 +71,8 @@ def _row(
     # target ranking: true item first, the rest keep the pre-ranker order
     ranking = [target_id] + [c for c in cand_ids if c != target_id] if in_cands else cand_ids
     return {
-        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words),
-        "completion": build_completion(hist_ids, ranking, titles),
+        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words, style=prompt_style),
+        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words),
         "candidates": cand_ids,
         "target": target_id,
         "pre_rank": pre_rank,
@@ -108,6 +108,8 @@ def build_rerank_datasets(
     keep_all_eval_queries: bool = False,
     preranker: TransitionPreRanker | None = None,
     id_kwargs: dict | None = None,
+    prompt_style: str = "full",
+    trace_style: str = "full",
     seed: int = 0,
 ) -> RerankData:
     """Split leave-one-out, fit the pre-ranker on training interactions, and build one `datasets.Dataset` per split.
@@ -122,6 +124,9 @@ def build_rerank_datasets(
             inserted (dropping the last candidate). It goes to a position drawn from the positions of the true
             item in the training queries where the pre-ranker found it (`insert_position="empirical"`), so the
             position in the prompt does not give it away; `"last"` or `"uniform"` otherwise.
+        prompt_style: `full` (system message + instructions) or `compact` (see `build_prompt`).
+        trace_style: `full` (templated rationale, ~60-150 tokens) or `short` (one evidence line from the prompt's
+            titles, then the pick; see `build_short_trace`).
         keep_all_eval_queries: keep validation/test queries whose true item is not among the candidates (by
             default they are dropped: the paper evaluates on queries with the true item in the top-k).
 
@@ -133,6 +138,10 @@ def build_rerank_datasets(
     """
     if not 0.0 <= insert_target_fraction <= 1.0:
         raise ValueError(f"insert_target_fraction must be in [0, 1], got {insert_target_fraction}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+    if trace_style not in TRACE_STYLES:
+        raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {trace_style!r}")
     if insert_position not in INSERT_POSITIONS:
         raise ValueError(f"insert_position must be one of {INSERT_POSITIONS}, got {insert_position!r}")
     if data is None:
@@ -173,7 +182,7 @@ def build_rerank_datasets(
             cands = cands[:-1]
             cands.insert(pos, q.target)
             was_inserted, inserted = True, inserted + 1
-        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words, slot_ids))
+        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words, slot_ids, prompt_style, trace_style))
     stats["train"]["num_inserted"] = inserted
 
     # --- evaluation queries ---------------------------------------------------------------------------------
@@ -184,7 +193,7 @@ def build_rerank_datasets(
         pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
         pairs = _sample(pairs, max_eval_queries, rng)
         stats[name]["num_kept"] = len(pairs)
-        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words, slot_ids) for q, r in pairs])
+        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words, slot_ids, prompt_style, trace_style) for q, r in pairs])
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(

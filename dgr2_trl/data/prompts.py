@@ -45,11 +45,26 @@ def content_words(title: str) -> list[str]:
     return list(seen)
 
 
+PROMPT_STYLES = ("full", "compact")
+TRACE_STYLES = ("full", "short")
+
+
 def build_prompt(
-    history: Sequence[str], candidates: Sequence[str], titles: Mapping[str, str], max_title_words: int = 12
+    history: Sequence[str], candidates: Sequence[str], titles: Mapping[str, str], max_title_words: int = 12,
+    style: str = "full",
 ) -> list[dict[str, str]]:
     """Messages for one query. `history`/`candidates` are id strings; `titles` maps id string -> title.
-    `history` is expected already cut to the items to show (most recent last)."""
+    `history` is expected already cut to the items to show (most recent last).
+
+    `style="compact"` drops the system message and shortens the instruction (for small models trained from
+    scratch, where every prompt token is training and decoding time and the wording carries no prior)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if style == "compact":
+        lines = ["History:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in history]
+        lines += ["Candidates:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in candidates]
+        lines += ['Reason, then answer {"ranking": [...]} with every candidate once.']
+        return [{"role": "user", "content": "\n".join(lines)}]
     lines = ["Purchase history (oldest first, most recent last):"]
     lines += [f"{k}. {i} {shorten_title(titles.get(i, ''), max_title_words)}" for k, i in enumerate(history, 1)]
     lines += ["", f"Candidates ({len(candidates)}):"]
@@ -112,6 +127,44 @@ def build_trace(
     return " ".join(parts)
 
 
-def build_completion(history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str]) -> list[dict[str, str]]:
-    """The assistant message: reasoning trace, then the JSON answer on its own last line."""
-    return [{"role": "assistant", "content": build_trace(history, ranking, titles) + "\n" + format_answer(ranking)}]
+def build_short_trace(
+    history: Sequence[str], candidates: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str],
+    max_title_words: int = 12, max_related: int = 3,
+) -> str:
+    """A one-line rationale built only from what the prompt shows, then the pick.
+
+    Lists the candidates whose shown title shares informative words with the shown history (most shared with the
+    most recent item first, then with the whole history, then prompt order), with those words, and names the top
+    pick: `Related: [6] lash adhesive; [2] rose. Best: [1].` The evidence part does not depend on the answer, so a
+    model can learn to write it from the prompt and condition its ranking on it.
+    """
+
+    def shown_words(item: str) -> list[str]:
+        return content_words(shorten_title(titles.get(item, ""), max_title_words))
+
+    last = set(shown_words(history[-1])) if history else set()
+    seen = {w for item in history for w in shown_words(item)}
+    related = []
+    for position, candidate in enumerate(candidates):
+        shared = [w for w in shown_words(candidate) if w in seen]
+        if shared:
+            related.append((-sum(w in last for w in shared), -len(shared), position, candidate, shared))
+    related.sort()
+    evidence = "; ".join(f"{c} {' '.join(shared)}" for *_, c, shared in related[:max_related]) or "none"
+    return f"Related: {evidence}. Best: {ranking[0]}."
+
+
+def build_completion(
+    history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str], trace_style: str = "full",
+    candidates: Sequence[str] | None = None, max_title_words: int = 12,
+) -> list[dict[str, str]]:
+    """The assistant message: reasoning trace, then the JSON answer on its own last line.
+
+    `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`)."""
+    if trace_style not in TRACE_STYLES:
+        raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
+    if trace_style == "short":
+        trace = build_short_trace(history, candidates if candidates is not None else ranking, ranking, titles, max_title_words)
+    else:
+        trace = build_trace(history, ranking, titles)
+    return [{"role": "assistant", "content": trace + "\n" + format_answer(ranking)}]

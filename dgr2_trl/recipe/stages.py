@@ -47,6 +47,8 @@ class Recipe:
         start = time.perf_counter()
         self.data = build_rerank_datasets(
             id_scheme=preset.id_scheme, history_length=preset.history_length, max_title_words=preset.max_title_words,
+            prompt_style=preset.prompt_style, trace_style=preset.trace_style,
+            insert_target_fraction=preset.insert_target_fraction,
             max_train_queries=preset.max_train_queries, max_eval_queries=preset.max_eval_queries, seed=preset.seed,
         )
         self.test = self.data.test
