@@ -135,3 +135,9 @@ def test_compact_prompt_and_short_trace_dataset():
         build_rerank_datasets(id_scheme="slot", max_train_queries=5, max_eval_queries=5, trace_style="long")
     with pytest.raises(ValueError, match="prompt_style must be one of"):
         build_rerank_datasets(id_scheme="slot", max_train_queries=5, max_eval_queries=5, prompt_style="tiny")
+
+
+def test_eval_sample_does_not_depend_on_training_settings():
+    a = build_rerank_datasets(id_scheme="slot", max_train_queries=20, max_eval_queries=12, insert_target_fraction=0.0)
+    b = build_rerank_datasets(id_scheme="slot", max_train_queries=50, max_eval_queries=12, insert_target_fraction=1.0)
+    assert a.test["user_id"] == b.test["user_id"] and a.validation["user_id"] == b.validation["user_id"]

@@ -186,12 +186,14 @@ def build_rerank_datasets(
     stats["train"]["num_inserted"] = inserted
 
     # --- evaluation queries ---------------------------------------------------------------------------------
+    # evaluation samples get their own generator, so they do not move when the training settings change
+    eval_rng = random.Random(seed + 1_000_003)
     eval_sets = {}
     for name, queries in (("validation", split.validation), ("test", split.test)):
         ranked = _rank(preranker, queries, num_candidates, None)
         stats[name] = split_stats(queries, ranked)
         pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
-        pairs = _sample(pairs, max_eval_queries, rng)
+        pairs = _sample(pairs, max_eval_queries, eval_rng)
         stats[name]["num_kept"] = len(pairs)
         eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words, slot_ids, prompt_style, trace_style) for q, r in pairs])
     for name in ("train", "validation", "test"):

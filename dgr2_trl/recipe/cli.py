@@ -18,6 +18,7 @@ import dataclasses
 import logging
 
 from dgr2_trl.recipe import PRESETS, get_preset, run_recipe
+from dgr2_trl.recipe.stages import STAGES
 
 
 def main():
@@ -25,6 +26,8 @@ def main():
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--output_dir", default=None, help="default: outputs/recipe-<preset>")
     parser.add_argument("--no_frontier", action="store_true")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="stages to run, in order (a stage needs the ones before it done, e.g. `--stages ar`)")
     for f in dataclasses.fields(PRESETS["default"]):
         if f.name != "name" and f.type in ("int", "float", "str", "int | None", "str | None"):
             kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
@@ -34,7 +37,8 @@ def main():
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(PRESETS["default"])
                  if getattr(args, f.name, None) is not None}
     preset = get_preset(args.preset, **overrides)
-    run_recipe(preset, args.output_dir or f"outputs/recipe-{preset.name}", frontier=not args.no_frontier)
+    run_recipe(preset, args.output_dir or f"outputs/recipe-{preset.name}", stages=tuple(args.stages),
+               frontier=not args.no_frontier)
 
 
 if __name__ == "__main__":
