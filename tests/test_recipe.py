@@ -18,7 +18,9 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
         assert (tmp_path / stage / "metrics.json").exists() and (tmp_path / stage / "config.json").exists()
     # the frontier has AR plus one row per threshold, at each batch size, with speed-ups against AR
     rows = result["frontier"]
-    assert len(rows) == len(preset.frontier_batch_sizes) * (1 + len(preset.frontier_thresholds))
+    per_batch = 1 + len(preset.frontier_thresholds) * len(preset.frontier_fallbacks)
+    assert len(rows) == len(preset.frontier_batch_sizes) * per_batch
+    assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
     assert (tmp_path / "results.md").read_text().count("| +RL |") == 1
     assert set(json.loads((tmp_path / "results.json").read_text())["stages"]) == {"floor", *STAGES}

@@ -31,7 +31,7 @@ def test_block_size_one_equals_hf_greedy_generate(tokenizer, architecture):
     assert block.forward_passes_per_token == 1.0 and block.num_forward_passes == ar.num_forward_passes
 
 
-def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_new, mask_id):
+def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_new, mask_id, fallback="confidence"):
     """Cache-free block decoding of one prompt: every step recomputes the whole sequence."""
     ids, _ = encode_prompts(tokenizer, [prompt])
     context = ids[0].tolist()
@@ -54,7 +54,7 @@ def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_
             log_probs = log_probs_without_mask(head(hidden[0, cols]), mask_id)
             conf, cand = log_probs.max(-1)
             masked = torch.tensor([c < 0 for c in commit])[None]
-            chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long))[0]
+            chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long), fallback)[0]
             for j in torch.nonzero(chosen).flatten().tolist():
                 block[j], commit[j] = int(cand[j]), step
             step += 1
@@ -64,15 +64,17 @@ def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_
     return out[:max_new], steps[:max_new]
 
 
-@pytest.mark.parametrize("block_size", [4, 32])
-@pytest.mark.parametrize("threshold", [1.0, 0.5])
-def test_cached_decoding_equals_cache_free_recomputation(tokenizer, block_size, threshold):
+@pytest.mark.parametrize("block_size,threshold,fallback", [
+    (4, 1.0, "confidence"), (4, 0.5, "confidence"), (32, 1.0, "confidence"), (32, 0.5, "confidence"),
+    (4, 0.5, "leftmost"), (32, 0.2, "leftmost"),
+])
+def test_cached_decoding_equals_cache_free_recomputation(tokenizer, block_size, threshold, fallback):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=2)
-    sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[])  # no EOS: full length
+    sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[], fallback=fallback)  # no EOS
     prompts = PROMPTS[:2]
     got = sampler.generate(prompts, max_new_tokens=40)
     for row, prompt in enumerate(prompts):
-        tokens, steps = reference_block_decode(model, tok, prompt, block_size, threshold, 40, tok.mask_token_id)
+        tokens, steps = reference_block_decode(model, tok, prompt, block_size, threshold, 40, tok.mask_token_id, fallback)
         assert got.completion_ids[row] == tokens
         assert got.commit_step[row] == steps
 
@@ -135,6 +137,32 @@ def test_lower_threshold_commits_in_parallel_and_step_cap(tokenizer):
     assert max(loose.steps_per_row) < 32 and loose.num_forward_passes < strict.num_forward_passes
     assert capped.steps_per_row == [8] * len(PROMPTS)  # 4 blocks x 2 steps
     assert all(max(s) <= 1 for s in capped.commit_step)
+
+
+def test_select_commits_fallbacks():
+    confidence = torch.tensor([[0.2, 0.95, 0.6, 0.3, 0.1], [0.5, 0.4, 0.3, 0.2, 0.1]])
+    masked = torch.tensor([[True, True, True, True, True], [False, True, True, True, True]])
+    one = torch.ones(2, dtype=torch.long)
+    # above the threshold, plus the most confident masked position / the leftmost masked position
+    assert select_commits(confidence, masked, 0.9, one).tolist() == [
+        [False, True, False, False, False], [False, True, False, False, False]]
+    assert select_commits(confidence, masked, 0.9, one, "leftmost").tolist() == [
+        [True, True, False, False, False], [False, True, False, False, False]]
+    assert select_commits(confidence, masked, 0.9, torch.tensor([2, 3]), "leftmost").tolist() == [
+        [True, True, False, False, False], [False, True, True, True, False]]
+    assert not select_commits(confidence, torch.zeros_like(masked), 0.0, one, "leftmost").any()
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        select_commits(confidence, masked, 0.9, one, "random")
+
+
+def test_leftmost_fallback_decodes_left_to_right_when_nothing_is_confident(tokenizer):
+    model, tok = make_converted(tokenizer, block_size=8, seed=3)
+    out = BlockDiffusionSampler(model, tok, threshold=1.0, eos_token_id=[], fallback="leftmost").generate(
+        PROMPTS[:2], max_new_tokens=24)
+    for steps in out.commit_step:  # a random model is never sure: one token per step, in order
+        assert steps == list(range(8)) * 3
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        BlockDiffusionSampler(model, tok, fallback="random")
 
 
 def test_chat_prompts_and_mask_token_never_emitted(tokenizer):

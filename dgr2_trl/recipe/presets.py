@@ -51,10 +51,14 @@ class RecipePreset:
     rl_num_generations: int = 8
     rl_prompts_per_step: int = 1
     eval_threshold: float = 0.9
+    # what a denoising step commits when no position reaches the threshold (see BlockDiffusionSampler): the stages
+    # are evaluated with the paper's rule; the frontier shows each rule
+    eval_fallback: str = "confidence"
     eval_batch_size: int = 16
     max_new_tokens: int = 128
     frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
     frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
+    frontier_fallbacks: list[str] = field(default_factory=lambda: ["confidence", "leftmost"])
     frontier_queries_batch1: int = 32
     frontier_max_queries: int | None = 128
 

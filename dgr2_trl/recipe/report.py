@@ -29,19 +29,20 @@ def markdown_table(stages: dict, frontier: list[dict]) -> str:
         lines.append(f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('ndcg@3'))} "
                      f"| {_fmt(valid, 3)} | {s.get('n', '-')} | {PAPER[key]:.4f} |")
     if frontier:
-        lines += ["", "| model | threshold | batch | tokens/s | speed-up vs AR | passes/token | R@1 | valid rate | n |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | threshold | fallback | batch | tokens/s | speed-up vs AR | passes/token | R@1 | valid rate "
+                  "| n |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in frontier:
             tau = "-" if r["threshold"] is None else f"{r['threshold']:.2f}"
-            lines.append(f"| {r['model']} | {tau} | {r['batch_size']} | {_fmt(r['tokens_per_second'], 1)} | "
+            lines.append(f"| {r['model']} | {tau} | {r.get('fallback') or '-'} | {r['batch_size']} | "
+                         f"{_fmt(r['tokens_per_second'], 1)} | "
                          f"{_fmt(r['speedup_vs_ar'], 2)}x | {_fmt(r['forward_passes_per_token'], 3)} | "
                          f"{_fmt(r['recall@1'])} | {_fmt(r['valid_rate'], 3)} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_frontier(frontier: list[dict], path: Path) -> bool:
-    """Speed-up over AR (x) against R@1 (y), one line per batch size, thresholds annotated. False if matplotlib
-    is missing (install the `recipe` extra)."""
+    """Speed-up over AR (x) against valid rate (left) and R@1 (right), one line per batch size and commit
+    fallback, thresholds annotated. False if matplotlib is missing (install the `recipe` extra)."""
     try:
         import matplotlib
 
@@ -50,23 +51,28 @@ def plot_frontier(frontier: list[dict], path: Path) -> bool:
     except ImportError:
         logger.warning("matplotlib is not installed: no frontier plot (pip install 'dgr2-trl[recipe]')")
         return False
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for batch_size in sorted({r["batch_size"] for r in frontier}):
-        rows = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is not None]
-        ar = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is None]
-        xs = [r["speedup_vs_ar"] or 0 for r in rows]
-        ys = [r["recall@1"] or 0 for r in rows]
-        line, = axis.plot(xs, ys, marker="o", label=f"block diffusion, batch {batch_size}")
-        for r, x, y in zip(rows, xs, ys):
-            axis.annotate(f"τ={r['threshold']:g} (valid {r['valid_rate']:.2f})", (x, y), fontsize=7,
-                          textcoords="offset points", xytext=(4, 4))
-        if ar:
-            axis.scatter([1.0], [ar[0]["recall@1"]], marker="s", color=line.get_color(), label=f"AR, batch {batch_size}")
-    axis.set_xlabel("tokens/s over AR tokens/s (same machine)")
-    axis.set_ylabel("R@1 (invalid -> pre-ranker order)")
-    axis.set_title("Speed frontier")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, metric, label in ((axes[0], "valid_rate", "valid rate"), (axes[1], "recall@1", "R@1 (invalid -> pre-ranker order)")):
+        for batch_size in sorted({r["batch_size"] for r in frontier}):
+            ar = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is None]
+            fallbacks = dict.fromkeys(r.get("fallback") for r in frontier if r["threshold"] is not None)
+            for fallback, style in zip(fallbacks, ("-", "--", ":")):
+                rows = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is not None
+                        and r.get("fallback") == fallback]
+                xs = [r["speedup_vs_ar"] or 0 for r in rows]
+                ys = [r[metric] or 0 for r in rows]
+                axis.plot(xs, ys, style, marker="o", label=f"block, batch {batch_size}, fallback {fallback}")
+                for r, x, y in zip(rows, xs, ys):
+                    axis.annotate(f"τ={r['threshold']:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+            if ar:
+                axis.scatter([1.0], [ar[0][metric]], marker="s", color="black" if batch_size == 1 else "gray",
+                             label=f"AR, batch {batch_size}")
+        axis.axvline(1.0, color="gray", lw=0.5)
+        axis.set_xlabel("tokens/s over AR tokens/s (same machine)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    figure.suptitle("Speed frontier: block diffusion (final model) vs AR decoding (AR teacher)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -110,10 +110,11 @@ class Recipe:
         return metrics
 
     def evaluate(self, model, block: bool, threshold: float | None = None, batch_size: int | None = None,
-                 max_queries: int | None = None) -> dict:
+                 max_queries: int | None = None, fallback: str | None = None) -> dict:
         model = model.eval()
         if block:
-            sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold)
+            sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold,
+                                            fallback=fallback or self.preset.eval_fallback)
         else:
             sampler = ARSampler(model, self.tokenizer)
         return evaluate_reranker(sampler, self.test, max_new_tokens=self.preset.max_new_tokens,
@@ -208,16 +209,18 @@ class Recipe:
             limit = p.frontier_queries_batch1 if batch_size == 1 else p.frontier_max_queries
             ar = self.evaluate(ar_model, block=False, batch_size=batch_size, max_queries=limit)
             rows.append(_frontier_row("ar", None, batch_size, ar, ar))
-            for threshold in p.frontier_thresholds:
-                scores = self.evaluate(final, block=True, threshold=threshold, batch_size=batch_size, max_queries=limit)
-                rows.append(_frontier_row(stage, threshold, batch_size, scores, ar))
+            for fallback in p.frontier_fallbacks:
+                for threshold in p.frontier_thresholds:
+                    scores = self.evaluate(final, block=True, threshold=threshold, batch_size=batch_size,
+                                           max_queries=limit, fallback=fallback)
+                    rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, fallback))
         path.write_text(json.dumps(rows, indent=2))
         return rows
 
 
-def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict) -> dict:
+def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict, fallback: str | None = None) -> dict:
     return {
-        "model": model, "threshold": threshold, "batch_size": batch_size, "n": scores["n"],
+        "model": model, "threshold": threshold, "fallback": fallback, "batch_size": batch_size, "n": scores["n"],
         "tokens_per_second": scores["tokens_per_second"],
         "speedup_vs_ar": (scores["tokens_per_second"] / ar["tokens_per_second"]) if ar["tokens_per_second"] else None,
         "forward_passes_per_token": scores["forward_passes_per_token"],

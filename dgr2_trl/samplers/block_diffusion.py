@@ -15,11 +15,25 @@ from .common import cut_at_eos, encode_prompts, eos_ids, sample_tokens
 from .output import GenerationOutput
 
 
+FALLBACKS = ("confidence", "leftmost")
+
+
 def select_commits(
-    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, min_commits: torch.Tensor
+    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, min_commits: torch.Tensor,
+    fallback: str = "confidence",
 ) -> torch.Tensor:
-    """Which masked positions to commit this step: every one with confidence >= threshold, plus the
-    `min_commits` (per row) most confident ones, so each row with masks left makes progress."""
+    """Which masked positions to commit this step: every one with confidence >= threshold, plus `min_commits`
+    (per row) more, so each row with masks left makes progress.
+
+    `fallback="confidence"` (the paper's rule) takes the most confident masked positions; `"leftmost"` takes the
+    leftmost ones, so whatever no position is sure of is decoded in AR order, each token seeing every token before
+    it (what an AR-initialised model predicts best; it stops parallel guesses of mutually dependent tokens such as
+    a ranking's first two ids)."""
+    if fallback == "leftmost":
+        first = masked & (masked.long().cumsum(-1) <= min_commits[:, None])
+        return masked & ((confidence >= threshold) | first)
+    if fallback != "confidence":
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     scores = torch.where(masked, confidence, torch.full_like(confidence, -1.0))
     order = scores.argsort(dim=-1, descending=True, stable=True)
     ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
@@ -31,7 +45,7 @@ class BlockDiffusionSampler:
 
     The prompt is encoded once into a KV cache. Each block starts fully masked; every step runs the block against the
     cache and commits each masked position whose confidence (probability of its chosen token) is >= `threshold`,
-    plus at least the most confident one, until the block is full. The finished block's clean KV is then stored in
+    plus at least the most confident one (or the leftmost, `fallback="leftmost"`), until the block is full. The finished block's clean KV is then stored in
     the same model call as the next block's first denoising step, so a block costs exactly its number of steps. With
     `block_size=1` this is KV-cached AR decoding.
 
@@ -47,6 +61,7 @@ class BlockDiffusionSampler:
         threshold: float = 0.9,
         max_steps_per_block: int | None = None,
         eos_token_id: int | list[int] | None = None,
+        fallback: str = "confidence",
     ):
         settings = get_block_diffusion_settings(model)
         if settings is None:
@@ -61,6 +76,9 @@ class BlockDiffusionSampler:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         self.mask_token_id = settings.mask_token_id
         self.threshold = threshold
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        self.fallback = fallback
         self.max_steps_per_block = max_steps_per_block
         self.eos = eos_ids(tokenizer, eos_token_id)
 
@@ -164,7 +182,7 @@ class BlockDiffusionSampler:
                 min_commits = (remaining > 0).long()
                 if max_steps is not None:
                     min_commits = torch.maximum(min_commits, -(-remaining // max(max_steps - step, 1)))
-                commit = select_commits(candidate_logprob.exp(), masked, threshold, min_commits)
+                commit = select_commits(candidate_logprob.exp(), masked, threshold, min_commits, self.fallback)
                 tokens = torch.where(commit, candidates, tokens)
                 token_logprob = torch.where(commit, candidate_logprob, token_logprob)
                 commit_step = torch.where(commit, step, commit_step)

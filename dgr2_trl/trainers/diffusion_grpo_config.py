@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from ..samplers.block_diffusion import FALLBACKS
+
 
 @dataclass
 class DiffusionGRPOConfig(GRPOConfig):
@@ -27,6 +29,11 @@ class DiffusionGRPOConfig(GRPOConfig):
     )
     max_steps_per_block: int | None = field(
         default=None, metadata={"help": "Optional cap on denoising steps per block during rollouts."}
+    )
+    fallback: str = field(
+        default="confidence",
+        metadata={"help": "What a rollout step commits when no masked position reaches the threshold: the most "
+                  "confident one ('confidence', the paper's rule) or the leftmost one ('leftmost')."},
     )
     replay_merge_steps: int = field(
         default=1,
@@ -58,6 +65,8 @@ class DiffusionGRPOConfig(GRPOConfig):
                              "student; rollouts use dgr2_trl's BlockDiffusionSampler")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"DiffusionGRPOConfig: block_size must be >= 1, got {self.block_size}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"DiffusionGRPOConfig: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"DiffusionGRPOConfig: threshold must be in [0, 1], got {self.threshold}")
         if self.replay_merge_steps < 1:

@@ -115,6 +115,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             sampler = BlockDiffusionSampler(
                 model, self.processing_class, block_size=self.block_size, threshold=self.args.threshold,
                 max_steps_per_block=self.args.max_steps_per_block, eos_token_id=self.eos_token_ids,
+                fallback=self.args.fallback,
             )
             seed = self.args.rollout_seed if self.args.rollout_seed is not None else self.args.seed
             generator = torch.Generator(device=self.accelerator.device)

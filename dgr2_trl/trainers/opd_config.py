@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
+from ..samplers.block_diffusion import FALLBACKS
 from ..teachers.distill_loss import DIVERGENCES
 
 
@@ -25,6 +26,8 @@ class OnPolicyDistillConfig(DistillationConfig):
         block_size (`int`, *optional*): block size of the rollouts (and of their replay); default: the model's.
         threshold (`float`, defaults to 0.9): confidence threshold of the block sampler.
         max_steps_per_block (`int`, *optional*): cap on denoising steps per block.
+        fallback (`str`, defaults to `"confidence"`): which masked position a step commits when none reaches the
+            threshold: the most confident (`"confidence"`) or the leftmost (`"leftmost"`).
         teacher_top_k (`int`, defaults to 20): teacher log-probs kept per token; the rest of its mass forms one tail
             bucket.
         divergence (`str`, defaults to `"forward_kl"`): `"forward_kl"` = KL(teacher || student), `"reverse_kl"` =
@@ -43,6 +46,8 @@ class OnPolicyDistillConfig(DistillationConfig):
     block_size: int | None = field(default=None, metadata={"help": "Rollout block size (default: the model's)."})
     threshold: float = field(default=0.9, metadata={"help": "Block sampler confidence threshold."})
     max_steps_per_block: int | None = field(default=None, metadata={"help": "Cap on denoising steps per block."})
+    fallback: str = field(default="confidence", metadata={
+        "help": "Commit when no position reaches the threshold: 'confidence' (most confident) or 'leftmost'."})
     teacher_top_k: int = field(default=20, metadata={"help": "Teacher top-k log-probs per token (+ a tail bucket)."})
     divergence: str = field(default="forward_kl", metadata={"help": f"One of {DIVERGENCES}."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Teacher-side weight of the JSD mixture."})
@@ -56,6 +61,8 @@ class OnPolicyDistillConfig(DistillationConfig):
         super().__post_init__()
         if self.num_rollouts_per_prompt < 1:
             raise ValueError(f"num_rollouts_per_prompt must be >= 1, got {self.num_rollouts_per_prompt}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:

@@ -144,6 +144,7 @@ class OnPolicyDistillTrainer(DistillationTrainer):
                 threshold=self.args.threshold,
                 max_steps_per_block=self.args.max_steps_per_block,
                 eos_token_id=self.eos_token_ids,
+                fallback=self.args.fallback,
             )
             out = sampler.generate(
                 prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature
