@@ -80,8 +80,12 @@ def test_cached_decoding_equals_cache_free_recomputation(tokenizer, block_size, 
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 32])
-def test_batched_equals_one_by_one(tokenizer, block_size):
+def test_batched_equals_one_by_one(tokenizer, block_size, monkeypatch):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=3)
+    sub_batch_sizes = []  # rows that finished a block early sit out its remaining steps
+    forward_rows = BlockDiffusionSampler._forward_rows
+    monkeypatch.setattr(BlockDiffusionSampler, "_forward_rows",
+                        lambda self, busy, *a: sub_batch_sizes.append(len(busy)) or forward_rows(self, busy, *a))
     # make EOS a token the model actually emits, so rows stop at different blocks
     probe = BlockDiffusionSampler(model, tok, threshold=0.6, eos_token_id=[]).generate(PROMPTS[:1], max_new_tokens=10)
     eos = probe.completion_ids[0][7]
@@ -95,6 +99,8 @@ def test_batched_equals_one_by_one(tokenizer, block_size):
         assert batched.steps_per_row[row] == single.steps_per_row[0]
     lengths = [len(c) for c in batched.completion_ids]
     assert batched.completion_ids[0][-1] == eos and lengths[0] <= 8 and max(lengths) > lengths[0]
+    if block_size == 32:  # the sub-batch path ran, on fewer rows than the batch
+        assert sub_batch_sizes and max(sub_batch_sizes) < len(PROMPTS)
 
 
 def _replay_inputs(tokenizer, prompts, out):

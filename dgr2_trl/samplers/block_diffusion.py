@@ -152,20 +152,29 @@ class BlockDiffusionSampler:
                     q_noisy.append(torch.ones_like(tokens, dtype=torch.bool))
                     q_valid.append(torch.ones_like(tokens, dtype=torch.bool))
                     keep.extend(range(width, width + size - 1))
+                q_ids, q_pos = torch.cat(q_ids, 1), torch.cat(q_pos, 1)
                 q_blocks, q_noisy, q_valid = torch.cat(q_blocks, 1), torch.cat(q_noisy, 1), torch.cat(q_valid, 1)
-                allowed = block_attention_mask(
-                    q_blocks,
-                    q_noisy,
-                    torch.cat([key_block, q_blocks], 1),
-                    torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
-                    torch.cat([key_valid, q_valid], 1),
-                )
-                logits = forward_logits(
-                    model, torch.cat(q_ids, 1), torch.cat(q_pos, 1), allowed, torch.tensor(keep, device=device), cache
-                )
+                keep = torch.tensor(keep, device=device)
+                busy = masked.any(-1)
+                if pending is None and not busy.all():
+                    # Rows that have finished this block sit the remaining steps out: the forward runs on the
+                    # others only, against a copy of their cache rows (the noisy KV is dropped anyway).
+                    logits = self._forward_rows(
+                        torch.nonzero(busy).flatten(), q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block,
+                        key_valid, keep, cache,
+                    )
+                else:
+                    allowed = block_attention_mask(
+                        q_blocks,
+                        q_noisy,
+                        torch.cat([key_block, q_blocks], 1),
+                        torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
+                        torch.cat([key_valid, q_valid], 1),
+                    )
+                    logits = forward_logits(model, q_ids, q_pos, allowed, keep, cache)
+                    if size > 1:
+                        cache.crop(-size)  # the noisy block's KV is never kept
                 passes += 1
-                if size > 1:
-                    cache.crop(-size)  # the noisy block's KV is never kept
                 if pending is not None:
                     key_block = torch.cat([key_block, pending["blocks"]], 1)
                     key_valid = torch.cat([key_valid, pending["valid"]], 1)
@@ -236,3 +245,20 @@ class BlockDiffusionSampler:
             trailing_ids=[row[n:end] for row, n, end in zip(out_tokens, lengths, block_ends)],
             trailing_commit_step=[row[n:end] for row, n, end in zip(out_steps, lengths, block_ends)],
         )
+
+    def _forward_rows(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
+        """Logits of a noisy-block step for the `busy` rows only (zeros elsewhere; those rows commit nothing)."""
+        sub_cache = DynamicCache(config=self.model.config)
+        for layer_index, layer in enumerate(cache.layers):
+            sub_cache.update(layer.keys[busy], layer.values[busy], layer_index)
+        allowed = block_attention_mask(
+            q_blocks[busy],
+            q_noisy[busy],
+            torch.cat([key_block[busy], q_blocks[busy]], 1),
+            torch.cat([torch.zeros_like(key_valid[busy]), q_noisy[busy]], 1),
+            torch.cat([key_valid[busy], q_valid[busy]], 1),
+        )
+        sub_logits = forward_logits(self.model, q_ids[busy], q_pos[busy], allowed, keep, sub_cache)
+        logits = sub_logits.new_zeros((q_ids.shape[0], *sub_logits.shape[1:]))
+        logits[busy] = sub_logits
+        return logits
