@@ -156,24 +156,11 @@ class BlockDiffusionSampler:
                 q_blocks, q_noisy, q_valid = torch.cat(q_blocks, 1), torch.cat(q_noisy, 1), torch.cat(q_valid, 1)
                 keep = torch.tensor(keep, device=device)
                 busy = masked.any(-1)
-                if pending is None and not busy.all():
-                    # Rows that have finished this block sit the remaining steps out: the forward runs on the
-                    # others only, against a copy of their cache rows (the noisy KV is dropped anyway).
-                    logits = self._forward_rows(
-                        torch.nonzero(busy).flatten(), q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block,
-                        key_valid, keep, cache,
-                    )
-                else:
-                    allowed = block_attention_mask(
-                        q_blocks,
-                        q_noisy,
-                        torch.cat([key_block, q_blocks], 1),
-                        torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
-                        torch.cat([key_valid, q_valid], 1),
-                    )
-                    logits = forward_logits(model, q_ids, q_pos, allowed, keep, cache)
-                    if size > 1:
-                        cache.crop(-size)  # the noisy block's KV is never kept
+                # Rows that have finished this block sit its remaining steps out (not in the step that writes the
+                # pending clean tokens: every row needs those in the cache).
+                busy = None if pending is not None or busy.all() else torch.nonzero(busy).flatten()
+                logits = self._step_logits(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid,
+                                           keep, cache)
                 passes += 1
                 if pending is not None:
                     key_block = torch.cat([key_block, pending["blocks"]], 1)
@@ -246,19 +233,28 @@ class BlockDiffusionSampler:
             trailing_commit_step=[row[n:end] for row, n, end in zip(out_steps, lengths, block_ends)],
         )
 
-    def _forward_rows(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
-        """Logits of a noisy-block step for the `busy` rows only (zeros elsewhere; those rows commit nothing)."""
-        sub_cache = DynamicCache(config=self.model.config)
-        for layer_index, layer in enumerate(cache.layers):
-            sub_cache.update(layer.keys[busy], layer.values[busy], layer_index)
+    def _step_logits(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
+        """Logits of one step. With `busy` (row indices), only those rows run, against a copy of their cache rows,
+        and the other rows get zeros (they have nothing left to commit)."""
+        step_cache = cache
+        if busy is not None:
+            step_cache = DynamicCache(config=self.model.config)
+            for layer_index, layer in enumerate(cache.layers):
+                step_cache.update(layer.keys[busy], layer.values[busy], layer_index)
+            q_ids, q_pos, q_blocks, q_noisy, q_valid = (t[busy] for t in (q_ids, q_pos, q_blocks, q_noisy, q_valid))
+            key_block, key_valid = key_block[busy], key_valid[busy]
         allowed = block_attention_mask(
-            q_blocks[busy],
-            q_noisy[busy],
-            torch.cat([key_block[busy], q_blocks[busy]], 1),
-            torch.cat([torch.zeros_like(key_valid[busy]), q_noisy[busy]], 1),
-            torch.cat([key_valid[busy], q_valid[busy]], 1),
+            q_blocks,
+            q_noisy,
+            torch.cat([key_block, q_blocks], 1),
+            torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
+            torch.cat([key_valid, q_valid], 1),
         )
-        sub_logits = forward_logits(self.model, q_ids[busy], q_pos[busy], allowed, keep, sub_cache)
-        logits = sub_logits.new_zeros((q_ids.shape[0], *sub_logits.shape[1:]))
-        logits[busy] = sub_logits
-        return logits
+        logits = forward_logits(self.model, q_ids, q_pos, allowed, keep, step_cache)
+        if busy is None:
+            if self.block_size > 1:
+                cache.crop(-self.block_size)  # the noisy block's KV is never kept
+            return logits
+        full = logits.new_zeros((cache.layers[0].keys.shape[0], *logits.shape[1:]))
+        full[busy] = logits
+        return full
