@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -38,8 +37,9 @@ from dgr2_trl.trainers import (
     OnPolicyDistillConfig,
     OnPolicyDistillTrainer,
 )
+from ranking_rows import ITEMS, ranking_rows  # tests/ is this script's sys.path[0]
 
-ITEMS = [f"<i_{i}>" for i in range(12)]
+
 RANK = int(os.environ.get("RANK", 0))  # set by the launcher (torchrun) before any process group exists
 RECORD: dict[str, list] = {"decoded": [], "completion_lengths": [], "validity": [], "rewards": [], "sample_index": []}
 
@@ -83,16 +83,7 @@ def recorded_reward(prompts, completions, **kwargs):
 
 # ---- data and models -----------------------------------------------------------------------------------------------
 def rows(n: int = 8) -> Dataset:
-    rng = random.Random(0)
-    data = []
-    for k in range(n):
-        candidates = rng.sample(ITEMS, 4)
-        data.append({
-            "prompt": [{"role": "user", "content": f"query {k}: rank " + " ".join(candidates)}],
-            "completion": [{"role": "assistant", "content": json.dumps({"ranking": candidates})}],
-            "candidates": candidates, "target": candidates[1], "pre_rank": 1,
-        })
-    return Dataset.from_list(data)
+    return ranking_rows(n)
 
 
 def tokenizer():

@@ -7,8 +7,6 @@ is only run here for the save/reload part.
 """
 
 import copy
-import json
-import random
 
 import pytest
 import torch
@@ -27,22 +25,14 @@ from dgr2_trl.trainers import (
     OnPolicyDistillConfig,
     OnPolicyDistillTrainer,
 )
+from tests.ranking_rows import ITEMS, ranking_rows
 
-ITEMS = [f"<i_{i}>" for i in range(12)]
+
 BLOCK = {"block_size": 4, "mask_token": "<|mask|>"}
 
 
-def rows(n=4) -> Dataset:
-    rng = random.Random(0)
-    data = []
-    for k in range(n):
-        candidates = rng.sample(ITEMS, 4)
-        data.append({
-            "prompt": [{"role": "user", "content": f"query {k}: rank " + " ".join(candidates)}],
-            "completion": [{"role": "assistant", "content": json.dumps({"ranking": candidates})}],
-            "candidates": candidates, "target": candidates[1], "pre_rank": 1,
-        })
-    return Dataset.from_list(data)
+def rows(n: int = 4) -> Dataset:
+    return ranking_rows(n)
 
 
 def length_reward(prompts, completions, **kwargs):
