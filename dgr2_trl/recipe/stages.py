@@ -56,6 +56,8 @@ class Recipe:
                     len(self.data.train), len(self.test))
         self.tokenizer = self._tokenizer()
         self.timings: dict[str, float] = {}
+        # where evaluation and the frontier decode; training goes where TRL's accelerator puts it (the same GPU)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _tokenizer(self):
@@ -99,7 +101,7 @@ class Recipe:
         return (self.stage_dir(stage) / "metrics.json").exists()
 
     def load(self, stage: str):
-        return AutoModelForCausalLM.from_pretrained(self.stage_dir(stage)).eval()
+        return AutoModelForCausalLM.from_pretrained(self.stage_dir(stage)).to(self.device).eval()
 
     def save(self, stage: str, model, metrics: dict) -> dict:
         directory = self.stage_dir(stage)
@@ -111,7 +113,7 @@ class Recipe:
 
     def evaluate(self, model, block: bool, threshold: float | None = None, batch_size: int | None = None,
                  max_queries: int | None = None, fallback: str | None = None) -> dict:
-        model = model.eval()
+        model = model.to(self.device).eval()
         if block:
             sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold,
                                             fallback=fallback or self.preset.eval_fallback)
