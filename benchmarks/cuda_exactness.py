@@ -4,7 +4,7 @@ tests/test_samplers.py and tests/test_loss.py pin the semantics on CPU in float6
 can break only on another backend (kernels, SDPA variants, cache handling on the device):
 
 * float64: block size 1 decodes exactly like HF greedy `generate`; batched = one-by-one decoding; replayed
-  log-probs = the sampler's commit-time ones (|diff| < 1e-9);
+  log-probs = the sampler's commit-time ones (|diff| < 1e-9 on CPU; < 1e-5 on CUDA, see FP64_REPLAY_TOL);
 * bfloat16 (what training runs in): decoding runs, never emits the mask token, and replay agrees with the recorded
   log-probs to bf16 precision.
 
@@ -41,6 +41,13 @@ def model_on(tokenizer, device, dtype, hidden_size, num_layers, block_size, init
                         intermediate_size=3 * hidden_size, initializer_range=initializer_range, seed=1, dtype=dtype).to(device)
     converted, tok = convert_to_block_diffusion(copy.deepcopy(ar), copy.deepcopy(tokenizer), block_size=block_size)
     return ar, converted, tok
+
+
+# HF's Qwen3/Llama RMSNorm (and RoPE angles) compute in float32 even in a float64 model. On CPU the float32
+# reductions give the same bits whatever the tensor shape, so replay (one full forward) and decoding (cached block
+# forwards) agree to 1e-15; CUDA reduction kernels can differ by shape, so there they agree only to float32 rounding
+# (measured on an H200: 1.4e-6). Token-level identities stay exact on both.
+FP64_REPLAY_TOL = {"cpu": 1e-9, "cuda": 1e-5}
 
 
 def replay_gap(model, tok, out, block_size, device):
@@ -97,7 +104,7 @@ def main():
         )
         checks["fp64_parallel_commits"] = any(max(s, default=0) > 0 for s in batched.commit_step)
         gap64 = replay_gap(model, tok, batched, 4, device)
-        checks["fp64_replay_equals_recorded"] = gap64 < 1e-9
+        checks["fp64_replay_equals_recorded"] = gap64 < FP64_REPLAY_TOL.get(device.type, 1e-9)
 
         # the default init (flat distributions): log-probs of moderate size, whose bf16 rounding stays small
         _, model, tok = model_on(tokenizer, device, torch.bfloat16, args.hidden_size, args.num_layers, 4, 0.02)
