@@ -50,13 +50,17 @@ class RecipePreset:
     rl_learning_rate: float = 2e-5
     rl_num_generations: int = 8
     rl_prompts_per_step: int = 1
-    eval_threshold: float = 0.9
-    # what a denoising step commits when no position reaches the threshold (see BlockDiffusionSampler): the stages
-    # are evaluated with the paper's rule; the frontier shows each rule
-    eval_fallback: str = "confidence"
+    # the stages are evaluated with the sampler setting we recommend: threshold 0.95, and when no masked position
+    # reaches it, commit the leftmost one (the paper's rule commits the most confident one, which decodes a
+    # ranking's ids out of order and duplicates them); the frontier shows both rules at every threshold
+    eval_threshold: float = 0.95
+    eval_fallback: str = "leftmost"
+    # OPD/RL rollouts use the paper's rule (threshold 0.9, most-confident fallback): more parallel commits, so the
+    # student's typical mistakes show up in its rollouts for the teacher / the reward to correct
+    rollout_threshold: float = 0.9
     eval_batch_size: int = 16
     max_new_tokens: int = 128
-    frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.7, 0.5])
+    frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.98, 0.95, 0.9, 0.7, 0.5])
     frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
     frontier_fallbacks: list[str] = field(default_factory=lambda: ["confidence", "leftmost"])
     frontier_queries_batch1: int = 32

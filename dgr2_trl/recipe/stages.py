@@ -162,7 +162,7 @@ class Recipe:
         options = common_args(p, self.stage_dir("opd"), p.opd_steps, p.opd_learning_rate)
         options["per_device_train_batch_size"] = p.opd_prompts_per_step
         args = OnPolicyDistillConfig(**options, num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
-                                     threshold=p.eval_threshold, max_completion_length=p.max_new_tokens,
+                                     threshold=p.rollout_threshold, max_completion_length=p.max_new_tokens,
                                      max_steps_per_block=p.rollout_max_steps_per_block)
         trainer = OnPolicyDistillTrainer(self.load("cft"), teacher_model=self.load("ar"), args=args,
                                          train_dataset=self.data.train, processing_class=self.tokenizer)
@@ -179,7 +179,7 @@ class Recipe:
         p = self.preset
         options = common_args(p, self.stage_dir("rl"), p.rl_steps, p.rl_learning_rate)
         options["per_device_train_batch_size"] = p.rl_prompts_per_step * p.rl_num_generations
-        args = DiffusionGRPOConfig(**options, num_generations=p.rl_num_generations, threshold=p.eval_threshold,
+        args = DiffusionGRPOConfig(**options, num_generations=p.rl_num_generations, threshold=p.rollout_threshold,
                                    max_completion_length=p.max_new_tokens, temperature=1.0,
                                    max_steps_per_block=p.rollout_max_steps_per_block)
         trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=self.data.train,
