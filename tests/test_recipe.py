@@ -22,7 +22,9 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     assert len(rows) == len(preset.frontier_batch_sizes) * per_batch
     assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
-    assert (tmp_path / "results.md").read_text().count("| +RL |") == 1
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| +RL |") == 1 and "| passes/token |" in table.splitlines()[0]
+    assert stages["ar"]["forward_passes_per_token"] == 1.0  # the AR teacher decodes one token per pass
     assert set(json.loads((tmp_path / "results.json").read_text())["stages"]) == {"floor", *STAGES}
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     # resuming: every stage is loaded, nothing is retrained, the same numbers come back
