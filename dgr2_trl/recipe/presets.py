@@ -58,6 +58,7 @@ class RecipePreset:
     # OPD/RL rollouts use the paper's rule (threshold 0.9, most-confident fallback): more parallel commits, so the
     # student's typical mistakes show up in its rollouts for the teacher / the reward to correct
     rollout_threshold: float = 0.9
+    rollout_fallback: str = "confidence"
     eval_batch_size: int = 16
     max_new_tokens: int = 128
     frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.98, 0.95, 0.9, 0.7, 0.5])

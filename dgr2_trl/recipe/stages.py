@@ -36,6 +36,12 @@ def common_args(preset: RecipePreset, stage_dir: Path, steps: int, learning_rate
     )
 
 
+def rollout_args(preset: RecipePreset) -> dict:
+    """How OPD and RL rollouts decode (the trainers' shared sampler fields)."""
+    return dict(threshold=preset.rollout_threshold, fallback=preset.rollout_fallback,
+                max_completion_length=preset.max_new_tokens, max_steps_per_block=preset.rollout_max_steps_per_block)
+
+
 class Recipe:
     """Runs the stages of one preset into `output_dir`."""
 
@@ -161,9 +167,7 @@ class Recipe:
         p = self.preset
         options = common_args(p, self.stage_dir("opd"), p.opd_steps, p.opd_learning_rate)
         options["per_device_train_batch_size"] = p.opd_prompts_per_step
-        args = OnPolicyDistillConfig(**options, num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
-                                     threshold=p.rollout_threshold, max_completion_length=p.max_new_tokens,
-                                     max_steps_per_block=p.rollout_max_steps_per_block)
+        args = OnPolicyDistillConfig(**options, **rollout_args(p), num_rollouts_per_prompt=p.opd_rollouts_per_prompt)
         trainer = OnPolicyDistillTrainer(self.load("cft"), teacher_model=self.load("ar"), args=args,
                                          train_dataset=self.data.train, processing_class=self.tokenizer)
         start = time.perf_counter()
@@ -179,9 +183,7 @@ class Recipe:
         p = self.preset
         options = common_args(p, self.stage_dir("rl"), p.rl_steps, p.rl_learning_rate)
         options["per_device_train_batch_size"] = p.rl_prompts_per_step * p.rl_num_generations
-        args = DiffusionGRPOConfig(**options, num_generations=p.rl_num_generations, threshold=p.rollout_threshold,
-                                   max_completion_length=p.max_new_tokens, temperature=1.0,
-                                   max_steps_per_block=p.rollout_max_steps_per_block)
+        args = DiffusionGRPOConfig(**options, **rollout_args(p), num_generations=p.rl_num_generations, temperature=1.0)
         trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=self.data.train,
                                        processing_class=self.tokenizer)
         start = time.perf_counter()
