@@ -119,17 +119,24 @@ def test_short_trace_evidence_comes_from_the_prompt_only():
     # words cut from the shown title are not evidence
     assert build_short_trace(["h1"], ["d"], ["d"], titles, max_title_words=1) == "Related: d argan. Best: d."
     assert build_short_trace(["h2"], ["c"], ["c"], titles) == "Related: none. Best: c."
+    # without the words: the same candidates in the same order
+    assert build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles, with_words=False) == \
+        "Related: b; d; a. Best: c."
 
 
-def test_compact_prompt_and_short_trace_dataset():
+@pytest.mark.parametrize("trace_style", ["short", "ids"])
+def test_compact_prompt_and_short_trace_dataset(trace_style):
     data = build_rerank_datasets(id_scheme="slot", max_train_queries=30, max_eval_queries=5, history_length=3,
-                                 max_title_words=4, prompt_style="compact", trace_style="short")
+                                 max_title_words=4, prompt_style="compact", trace_style=trace_style)
     for row in data.test:
         assert [m["role"] for m in row["prompt"]] == ["user"]
         lines = row["prompt"][0]["content"].split("\n")
         assert lines[0] == "History:" and lines[4] == "Candidates:" and len(lines) == 16
         trace, answer = row["completion"][0]["content"].split("\n")
         assert trace.startswith("Related: ") and trace.endswith(f"Best: {row['target']}.")
+        if trace_style == "ids":  # only slot labels between "Related:" and "Best:"
+            evidence = trace.removeprefix("Related: ").split(". Best:")[0]
+            assert evidence == "none" or all(part in row["candidates"] for part in evidence.split("; "))
         assert parse_ranking(answer, row["candidates"]).ranking[0] == row["target"]
     with pytest.raises(ValueError, match="trace_style must be one of"):
         build_rerank_datasets(id_scheme="slot", max_train_queries=5, max_eval_queries=5, trace_style="long")

@@ -126,7 +126,7 @@ def build_rerank_datasets(
             position in the prompt does not give it away; `"last"` or `"uniform"` otherwise.
         prompt_style: `full` (system message + instructions) or `compact` (see `build_prompt`).
         trace_style: `full` (templated rationale, ~60-150 tokens) or `short` (one evidence line from the prompt's
-            titles, then the pick; see `build_short_trace`).
+            titles, then the pick; see `build_short_trace`) or `ids` (the same naming only the related candidates).
         keep_all_eval_queries: keep validation/test queries whose true item is not among the candidates (by
             default they are dropped: the paper evaluates on queries with the true item in the top-k).
 

@@ -46,7 +46,7 @@ def content_words(title: str) -> list[str]:
 
 
 PROMPT_STYLES = ("full", "compact")
-TRACE_STYLES = ("full", "short")
+TRACE_STYLES = ("full", "short", "ids")
 
 
 def build_prompt(
@@ -129,14 +129,15 @@ def build_trace(
 
 def build_short_trace(
     history: Sequence[str], candidates: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str],
-    max_title_words: int = 12, max_related: int = 3,
+    max_title_words: int = 12, max_related: int = 3, with_words: bool = True,
 ) -> str:
     """A one-line rationale built only from what the prompt shows, then the pick.
 
     Lists the candidates whose shown title shares informative words with the shown history (most shared with the
     most recent item first, then with the whole history, then prompt order), with those words, and names the top
     pick: `Related: [6] lash adhesive; [2] rose. Best: [1].` The evidence part does not depend on the answer, so a
-    model can learn to write it from the prompt and condition its ranking on it.
+    model can learn to write it from the prompt and condition its ranking on it. `with_words=False` names only the
+    related candidates (`Related: [6]; [2]. Best: [1].`): nothing is copied from the titles.
     """
 
     def shown_words(item: str) -> list[str]:
@@ -150,7 +151,8 @@ def build_short_trace(
         if shared:
             related.append((-sum(w in last for w in shared), -len(shared), position, candidate, shared))
     related.sort()
-    evidence = "; ".join(f"{c} {' '.join(shared)}" for *_, c, shared in related[:max_related]) or "none"
+    evidence = "; ".join(f"{c} {' '.join(shared)}" if with_words else str(c)
+                         for *_, c, shared in related[:max_related]) or "none"
     return f"Related: {evidence}. Best: {ranking[0]}."
 
 
@@ -160,11 +162,13 @@ def build_completion(
 ) -> list[dict[str, str]]:
     """The assistant message: reasoning trace, then the JSON answer on its own last line.
 
-    `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`)."""
+    `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`);
+    `"ids"` the same without the shared title words."""
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
-    if trace_style == "short":
-        trace = build_short_trace(history, candidates if candidates is not None else ranking, ranking, titles, max_title_words)
+    if trace_style in ("short", "ids"):
+        trace = build_short_trace(history, candidates if candidates is not None else ranking, ranking, titles,
+                                  max_title_words, with_words=trace_style == "short")
     else:
         trace = build_trace(history, ranking, titles)
     return [{"role": "assistant", "content": trace + "\n" + format_answer(ranking)}]
