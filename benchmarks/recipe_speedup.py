@@ -1,0 +1,66 @@
+"""Block-diffusion speed-up over AR on a finished recipe run, interleaved and repeated so machine drift cancels.
+
+A single frontier run times AR once and then each threshold: on a shared or throttling machine the ratio moves
+with whatever the machine did in between. Here every round times AR and each block setting back to back on the
+same queries; the report gives the median and range of the per-round ratios.
+
+    python benchmarks/recipe_speedup.py --recipe_dir outputs/recipe-default --rounds 5 --out benchmarks/results/recipe_speedup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from dgr2_trl.recipe import get_preset
+from dgr2_trl.recipe.run import machine_info
+from dgr2_trl.recipe.stages import Recipe
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe_dir", default="outputs/recipe-default")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--stage", default="rl")
+    parser.add_argument("--settings", nargs="+", default=["0.9:leftmost", "0.95:leftmost", "0.7:confidence"],
+                        help="threshold:fallback pairs")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    recipe = Recipe(get_preset(args.preset), args.recipe_dir)
+    ar, block = recipe.load("ar"), recipe.load(args.stage)
+    recipe.evaluate(ar, block=False, batch_size=1, max_queries=1)  # warm-up
+    recipe.evaluate(block, block=True, batch_size=1, max_queries=1)
+    settings = [(float(t), f) for t, f in (s.split(":") for s in args.settings)]
+    report = {"machine": machine_info(), "rounds": args.rounds, "results": []}
+    for batch_size, n in zip(args.batch_sizes, args.queries):
+        ratios = {s: [] for s in settings}
+        quality = {}
+        for _ in range(args.rounds):
+            base = recipe.evaluate(ar, block=False, batch_size=batch_size, max_queries=n)
+            for threshold, fallback in settings:
+                scores = recipe.evaluate(block, block=True, threshold=threshold, fallback=fallback,
+                                         batch_size=batch_size, max_queries=n)
+                ratios[(threshold, fallback)].append(scores["tokens_per_second"] / base["tokens_per_second"])
+                quality[(threshold, fallback)] = (scores["valid_rate"], scores["recall@1"], base["recall@1"],
+                                                  scores["forward_passes_per_token"])
+        for (threshold, fallback), values in ratios.items():
+            valid, r1, ar_r1, passes = quality[(threshold, fallback)]
+            row = {"batch_size": batch_size, "n": n, "threshold": threshold, "fallback": fallback,
+                   "speedup_median": statistics.median(values), "speedup_min": min(values), "speedup_max": max(values),
+                   "valid_rate": valid, "recall@1": r1, "ar_recall@1": ar_r1, "forward_passes_per_token": passes}
+            report["results"].append(row)
+            print(f"batch {batch_size:>2} tau {threshold} {fallback:10s}: {row['speedup_median']:.2f}x AR "
+                  f"(range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}, {args.rounds} rounds), valid {valid:.3f}, "
+                  f"R@1 {r1:.4f} vs AR {ar_r1:.4f}, {passes:.3f} passes/token", flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
