@@ -33,8 +33,7 @@ def main():
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
     ar, block = recipe.load("ar"), recipe.load(args.stage)
-    recipe.evaluate(ar, block=False, batch_size=1, max_queries=1)  # warm-up
-    recipe.evaluate(block, block=True, batch_size=1, max_queries=1)
+    recipe.warm_up(ar, block)
     settings = [(float(t), f) for t, f in (s.split(":") for s in args.settings)]
     report = {"machine": machine_info(), "rounds": args.rounds, "results": []}
     for batch_size, n in zip(args.batch_sizes, args.queries):

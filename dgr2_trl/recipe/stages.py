@@ -202,6 +202,11 @@ class Recipe:
     def floor(self) -> dict:
         return evaluate_prerank_floor(self.test)
 
+    def warm_up(self, ar_model, block_model) -> None:
+        """Decode one query with each model, so no timed call pays for kernel selection, allocator or CUDA context."""
+        self.evaluate(ar_model, block=False, batch_size=1, max_queries=1)
+        self.evaluate(block_model, block=True, batch_size=1, max_queries=1)
+
     def frontier(self, stage: str = "rl") -> list[dict]:
         """Speed/quality frontier of the final model against AR decoding of the AR teacher (same size)."""
         path = self.output_dir / "frontier.json"
@@ -209,9 +214,7 @@ class Recipe:
             return json.loads(path.read_text())
         p, rows = self.preset, []
         ar_model, final = self.load("ar"), self.load(stage)
-        # warm-up (kernel selection, allocator, CUDA context): the first timed call must not pay for it
-        self.evaluate(ar_model, block=False, batch_size=1, max_queries=1)
-        self.evaluate(final, block=True, batch_size=1, max_queries=1)
+        self.warm_up(ar_model, final)
         for batch_size in p.frontier_batch_sizes:
             limit = p.frontier_queries_batch1 if batch_size == 1 else p.frontier_max_queries
             ar = self.evaluate(ar_model, block=False, batch_size=batch_size, max_queries=limit)
