@@ -14,34 +14,20 @@ import time
 from pathlib import Path
 
 import torch
+from decode_throughput import HFGenerate, synchronize  # benchmarks/ is on sys.path when run as a script
 
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.stages import Recipe
 from dgr2_trl.samplers import ARSampler
-from dgr2_trl.samplers.common import encode_prompts
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def hf_generate(model, tokenizer, prompts, max_new_tokens: int, eos: int) -> tuple[int, float]:
-    ids, mask = encode_prompts(tokenizer, prompts, model.device)
-    _sync()
+def timed(generate, prompts, max_new_tokens: int) -> tuple[int, float]:
+    """Generated tokens (up to and including EOS) and wall time of one call, timed the same way for both."""
+    synchronize()
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    _sync()
-    elapsed = time.perf_counter() - start
-    rows = out[:, ids.shape[1]:].tolist()
-    return sum(row.index(eos) + 1 if eos in row else len(row) for row in rows), elapsed
-
-
-def ar_sampler(sampler, prompts, max_new_tokens: int) -> tuple[int, float]:
-    out = sampler.generate(prompts, max_new_tokens=max_new_tokens)
-    return sum(len(ids) for ids in out.completion_ids), out.elapsed_s
+    out = generate(prompts, max_new_tokens)
+    synchronize()
+    return sum(len(ids) for ids in out.completion_ids), time.perf_counter() - start
 
 
 def main():
@@ -55,11 +41,11 @@ def main():
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
     model, tokenizer = recipe.load("ar"), recipe.tokenizer
     max_new = recipe.preset.max_new_tokens
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     prompts = [row["prompt"] for row in recipe.test.select(range(max(args.queries_batch1, args.queries_batch16)))]
     sampler = ARSampler(model, tokenizer)
-    runners = {"hf_generate": lambda batch: hf_generate(model, tokenizer, batch, max_new, eos),
-               "ar_sampler": lambda batch: ar_sampler(sampler, batch, max_new)}
+    hf = HFGenerate(model, tokenizer)
+    runners = {"hf_generate": lambda batch: timed(hf, batch, max_new),
+               "ar_sampler": lambda batch: timed(lambda p, n: sampler.generate(p, max_new_tokens=n), batch, max_new)}
     for run in runners.values():
         run(prompts[:1])  # warm-up
     report = {"device": str(recipe.device), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

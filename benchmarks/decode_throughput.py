@@ -168,7 +168,7 @@ class HFGenerate:
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            suppress_tokens=[mask_id],
+            suppress_tokens=None if mask_id is None else [mask_id],  # None: an AR model has no mask token
         )[:, ids.shape[1]:]
         rows = []
         for row in out.tolist():
