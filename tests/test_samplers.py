@@ -83,14 +83,14 @@ def test_cached_decoding_equals_cache_free_recomputation(tokenizer, block_size, 
 def test_batched_equals_one_by_one(tokenizer, block_size, monkeypatch):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=3)
     sub_batch_sizes = []  # rows that finished a block early sit out its remaining steps
-    step_logits = BlockDiffusionSampler._step_logits
+    step_hidden = BlockDiffusionSampler._step_hidden
 
-    def counting_step_logits(self, busy, *args):
+    def counting_step_hidden(self, busy, *args):
         if busy is not None:
             sub_batch_sizes.append(len(busy))
-        return step_logits(self, busy, *args)
+        return step_hidden(self, busy, *args)
 
-    monkeypatch.setattr(BlockDiffusionSampler, "_step_logits", counting_step_logits)
+    monkeypatch.setattr(BlockDiffusionSampler, "_step_hidden", counting_step_hidden)
     # make EOS a token the model actually emits, so rows stop at different blocks
     probe = BlockDiffusionSampler(model, tok, threshold=0.6, eos_token_id=[]).generate(PROMPTS[:1], max_new_tokens=10)
     eos = probe.completion_ids[0][7]

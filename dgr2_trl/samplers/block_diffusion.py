@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from ..modeling.conversion import get_block_diffusion_settings
-from ..modeling.forward import forward_logits, log_probs_without_mask
+from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
 from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
 from .common import cut_at_eos, encode_prompts, eos_ids, sample_tokens
 from .output import GenerationOutput
@@ -159,21 +159,19 @@ class BlockDiffusionSampler:
                 # Rows that have finished this block sit its remaining steps out (not in the step that writes the
                 # pending clean tokens: every row needs those in the cache).
                 busy = None if pending is not None or busy.all() else torch.nonzero(busy).flatten()
-                logits = self._step_logits(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid,
+                hidden = self._step_hidden(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid,
                                            keep, cache)
                 passes += 1
                 if pending is not None:
                     key_block = torch.cat([key_block, pending["blocks"]], 1)
                     key_valid = torch.cat([key_valid, pending["valid"]], 1)
                     # AR shift: the last clean token predicts the block's first token, in every step of the block.
-                    first_log_probs = log_probs_without_mask(logits[:, 0], mask_id, temperature)
-                    logits = logits[:, 1:]
+                    first_log_probs = self._log_probs(hidden[:, 0], temperature)
+                    hidden = hidden[:, 1:]
                     pending = None
-                log_probs = torch.cat(
-                    [first_log_probs[:, None], log_probs_without_mask(logits, mask_id, temperature)], 1
+                candidates, candidate_logprob, eos_logprob = self._score_masked(
+                    first_log_probs, hidden, masked, temperature, generator
                 )
-                candidates = sample_tokens(log_probs, temperature, generator)
-                candidate_logprob = log_probs.gather(-1, candidates[..., None]).squeeze(-1)
                 remaining = masked.sum(-1)
                 min_commits = (remaining > 0).long()
                 if max_steps is not None:
@@ -189,7 +187,7 @@ class BlockDiffusionSampler:
                 if fill.any():
                     eos_id = self.eos[0]
                     tokens = torch.where(fill, eos_id, tokens)
-                    token_logprob = torch.where(fill, log_probs[..., eos_id], token_logprob)
+                    token_logprob = torch.where(fill, eos_logprob, token_logprob)
                     commit_step = torch.where(fill, step, commit_step)
                 for entry in torch.nonzero(remaining > 0).flatten().tolist():
                     steps_per_row[int(rows[entry])] += 1
@@ -233,9 +231,35 @@ class BlockDiffusionSampler:
             trailing_commit_step=[row[n:end] for row, n, end in zip(out_steps, lengths, block_ends)],
         )
 
-    def _step_logits(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
-        """Logits of one step. With `busy` (row indices), only those rows run, against a copy of their cache rows,
-        and the other rows get zeros (they have nothing left to commit)."""
+    def _log_probs(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = self.model.get_output_embeddings()(hidden)
+        return log_probs_without_mask(logits, self.mask_token_id, temperature)
+
+    def _score_masked(self, first_log_probs, noisy_hidden, masked, temperature, generator):
+        """The chosen token, its log-prob and the EOS log-prob at every masked position of the block (zeros
+        elsewhere). Token 0 is predicted by the last clean token (`first_log_probs`), token j > 0 by noisy position
+        j - 1. The LM head and softmax run only where a token is still masked: a committed position's prediction
+        would go unused, and on a small model the head is a large share of a step."""
+        rows, cols = torch.nonzero(masked, as_tuple=True)
+        at_first = cols == 0
+        log_probs = first_log_probs.new_empty((len(rows), first_log_probs.shape[-1]))
+        log_probs[at_first] = first_log_probs[rows[at_first]]
+        later = ~at_first
+        if later.any():
+            log_probs[later] = self._log_probs(noisy_hidden[rows[later], cols[later] - 1], temperature).to(log_probs.dtype)
+        chosen = sample_tokens(log_probs, temperature, generator)
+        candidates = torch.zeros_like(masked, dtype=torch.long)
+        candidate_logprob = torch.zeros_like(masked, dtype=log_probs.dtype)
+        eos_logprob = torch.zeros_like(candidate_logprob)
+        candidates[rows, cols] = chosen
+        candidate_logprob[rows, cols] = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
+        if self.eos:
+            eos_logprob[rows, cols] = log_probs[:, self.eos[0]]
+        return candidates, candidate_logprob, eos_logprob
+
+    def _step_hidden(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
+        """Last hidden states `(B, len(keep), H)` of one step. With `busy` (row indices), only those rows run,
+        against a copy of their cache rows, and the other rows get zeros (they have nothing left to commit)."""
         step_cache = cache
         if busy is not None:
             step_cache = DynamicCache(config=self.model.config)
@@ -250,11 +274,11 @@ class BlockDiffusionSampler:
             torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
             torch.cat([key_valid, q_valid], 1),
         )
-        logits = forward_logits(self.model, q_ids, q_pos, allowed, keep, step_cache)
+        hidden = decoder_hidden_states(self.model, q_ids, q_pos, allowed, step_cache)[:, keep]
         if busy is None:
             if self.block_size > 1:
                 cache.crop(-self.block_size)  # the noisy block's KV is never kept
-            return logits
-        full = logits.new_zeros((cache.layers[0].keys.shape[0], *logits.shape[1:]))
-        full[busy] = logits
+            return hidden
+        full = hidden.new_zeros((cache.layers[0].keys.shape[0], *hidden.shape[1:]))
+        full[busy] = hidden
         return full
