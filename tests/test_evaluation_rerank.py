@@ -67,6 +67,7 @@ def test_metrics_fallback_and_throughput():
     assert result["num_generated_tokens"] == 12 and result["num_forward_passes"] == 4
     assert result["tokens_per_second"] == pytest.approx(12 / 1.0)
     assert result["forward_passes_per_token"] == pytest.approx(0.5)
+    assert result["copies_floor_rate"] == 0.0 and result["num_distinct_texts"] == 3  # fallbacks are not copies
     json.dumps(result)  # plain, JSON-serialisable
 
 
@@ -78,6 +79,13 @@ def test_all_invalid_equals_floor_and_rows():
         assert result[key] == pytest.approx(floor[key])
     assert result["invalid_reasons"]["out_of_set"] == 3
     assert [r["ranking"] for r in result["rows"]] == [CANDS] * 3
+    assert result["copies_floor_rate"] == 0.0 and result["num_distinct_texts"] == 1
+
+
+def test_a_model_that_copies_the_preranker_is_flagged():
+    sampler = FakeSampler({"q0": ans(*CANDS), "q1": ans(*CANDS), "q2": ans("e", "a", "b", "c", "d")})
+    result = evaluate_reranker(sampler, make_dataset(), show_progress=False)
+    assert result["copies_floor_rate"] == pytest.approx(2 / 3) and result["num_distinct_texts"] == 2
 
 
 def test_max_queries_and_missing_column():

@@ -23,7 +23,8 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
     table = (tmp_path / "results.md").read_text()
-    assert table.count("| +RL |") == 1 and "| passes/token |" in table.splitlines()[0]
+    assert table.count("| +RL |") == 1 and "| copies pre-ranker | passes/token |" in table.splitlines()[0]
+    assert all(0.0 <= stages[stage]["copies_floor_rate"] <= 1.0 for stage in STAGES)
     assert stages["ar"]["forward_passes_per_token"] == 1.0  # the AR teacher decodes one token per pass
     assert set(json.loads((tmp_path / "results.json").read_text())["stages"]) == {"floor", *STAGES}
     assert (tmp_path / "frontier.png").stat().st_size > 1000

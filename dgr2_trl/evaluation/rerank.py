@@ -82,7 +82,8 @@ def evaluate_reranker(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=math.ceil(n / batch_size), desc="evaluate", unit="batch", disable=n <= batch_size)
-    used, floor_rankings, targets, details = [], [], [], []
+    used, floor_rankings, targets, details, texts = [], [], [], [], set()
+    copies_floor = 0
     reasons: Counter[str] = Counter()
     tokens = passes = 0
     elapsed = 0.0
@@ -102,6 +103,8 @@ def evaluate_reranker(
             reasons[parsed.reason] += 1
             ranking = parsed.ranking if parsed.valid else candidates  # fallback: the pre-ranker's order
             used.append(ranking)
+            copies_floor += parsed.valid and ranking == candidates
+            texts.add(text)
             floor_rankings.append(candidates)
             targets.append(str(row["target"]))
             if return_rows:
@@ -109,6 +112,8 @@ def evaluate_reranker(
     result: dict = ranking_scores(used, targets)
     result["valid_rate"] = reasons["ok"] / n if n else float("nan")
     result["invalid_reasons"] = {r: reasons[r] for r in REASONS if r != "ok"}
+    result["copies_floor_rate"] = copies_floor / n if n else float("nan")
+    result["num_distinct_texts"] = len(texts)
     result["num_target_in_candidates"] = sum(t in c for c, t in zip(floor_rankings, targets))
     result["floor"] = ranking_scores(floor_rankings, targets)
     result["num_generated_tokens"] = tokens
@@ -116,7 +121,7 @@ def evaluate_reranker(
     result["elapsed_s"] = elapsed
     result["tokens_per_second"] = _safe(tokens / elapsed) if elapsed > 0 else None
     result["forward_passes_per_token"] = _safe(sum(step_ratios) / len(step_ratios)) if step_ratios else None
-    for key in ("recall@1", "recall@3", "ndcg@3", "ndcg@5", "valid_rate"):
+    for key in ("recall@1", "recall@3", "ndcg@3", "ndcg@5", "valid_rate", "copies_floor_rate"):
         result[key] = _safe(result[key])
     if return_rows:
         result["rows"] = details

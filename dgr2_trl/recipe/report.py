@@ -20,15 +20,18 @@ def _fmt(value, digits=4):
 
 
 def markdown_table(stages: dict, frontier: list[dict]) -> str:
-    lines = ["| stage | R@1 | R@3 | NDCG@3 | valid rate | passes/token | n | paper R@1 |",
-             "|---|---|---|---|---|---|---|---|"]
+    # "copies pre-ranker": share of answers that are exactly the pre-ranker's order (a model that ignores its
+    # prompt scores the floor with 1.000 here)
+    lines = ["| stage | R@1 | R@3 | NDCG@3 | valid rate | copies pre-ranker | passes/token | n | paper R@1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, label in ROWS:
         if key not in stages:
             continue
         s = stages[key]
         valid = 1.0 if key == "floor" else s.get("valid_rate")
         lines.append(f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('ndcg@3'))} "
-                     f"| {_fmt(valid, 3)} | {_fmt(s.get('forward_passes_per_token'), 3)} | {s.get('n', '-')} "
+                     f"| {_fmt(valid, 3)} | {_fmt(s.get('copies_floor_rate'), 3)} "
+                     f"| {_fmt(s.get('forward_passes_per_token'), 3)} | {s.get('n', '-')} "
                      f"| {PAPER[key]:.4f} |")
     if frontier:
         lines += ["", "| model | threshold | fallback | batch | tokens/s | speed-up vs AR | passes/token | R@1 | valid rate "
