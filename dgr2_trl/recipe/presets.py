@@ -42,6 +42,10 @@ class RecipePreset:
     ar_learning_rate: float = 3e-3
     cft_steps: int = 2000
     cft_learning_rate: float = 2e-3
+    # CFT targets: "data" (the dataset's completions, as the paper) or "teacher" (the AR teacher's greedy answers
+    # to the first `cft_teacher_queries` training prompts: sequence-level distillation, see teachers/sequence_kd.py)
+    cft_targets: str = "data"
+    cft_teacher_queries: int | None = 4000
     opd_steps: int = 40
     opd_learning_rate: float = 1e-4
     opd_prompts_per_step: int = 2

@@ -20,6 +20,7 @@ from ..data import build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..samplers import ARSampler, BlockDiffusionSampler
+from ..teachers import teacher_completion_dataset
 from .presets import RecipePreset
 
 logger = logging.getLogger(__name__)
@@ -152,13 +153,24 @@ class Recipe:
         p = self.preset
         args = DiffusionSFTConfig(**common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate),
                                   block_size=p.block_size, max_length=2048, valid_rate_num_prompts=0)
-        trainer = DiffusionSFTTrainer(self.load("naive"), args=args, train_dataset=self.data.train,
-                                      processing_class=self.tokenizer)
         start = time.perf_counter()
+        trainer = DiffusionSFTTrainer(self.load("naive"), args=args, train_dataset=self.cft_dataset(),
+                                      processing_class=self.tokenizer)
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
         return self.save("cft", model, self.evaluate(model, block=True))
+
+    def cft_dataset(self):
+        """CFT's training rows: the data's completions, or the AR teacher's greedy answers (`cft_targets`)."""
+        p = self.preset
+        if p.cft_targets == "data":
+            return self.data.train
+        if p.cft_targets != "teacher":
+            raise ValueError(f"cft_targets must be 'data' or 'teacher', got {p.cft_targets!r}")
+        teacher = ARSampler(self.load("ar"), self.tokenizer)
+        return teacher_completion_dataset(teacher, self.data.train, max_new_tokens=p.max_new_tokens,
+                                          batch_size=p.eval_batch_size, num_queries=p.cft_teacher_queries)
 
     def run_opd(self):
         from ..trainers.opd_config import OnPolicyDistillConfig
