@@ -6,7 +6,7 @@ import math
 import pytest
 from datasets import Dataset
 
-from dgr2_trl.evaluation import evaluate_prerank_floor, evaluate_reranker
+from dgr2_trl.evaluation import binomial_lower_bound, evaluate_prerank_floor, evaluate_reranker
 from dgr2_trl.samplers.output import GenerationOutput
 
 CANDS = ["a", "b", "c", "d", "e"]
@@ -62,6 +62,7 @@ def test_metrics_fallback_and_throughput():
     assert result["recall@3"] == pytest.approx(2 / 3)
     assert result["ndcg@5"] == pytest.approx((1 + 1 + 1 / math.log2(6)) / 3)
     assert result["valid_rate"] == pytest.approx(1 / 3)
+    assert result["valid_rate_lower_95"] == pytest.approx(binomial_lower_bound(1, 3))
     assert result["invalid_reasons"] == {"unparsable": 1, "duplicate": 0, "missing": 1, "out_of_set": 0}
     assert result["floor"]["recall@1"] == pytest.approx(1 / 3)
     assert result["num_generated_tokens"] == 12 and result["num_forward_passes"] == 4
@@ -93,3 +94,18 @@ def test_max_queries_and_missing_column():
     assert evaluate_reranker(sampler, make_dataset(), max_queries=2, show_progress=False)["n"] == 2
     with pytest.raises(ValueError, match="candidates"):
         evaluate_reranker(sampler, make_dataset().remove_columns("candidates"), show_progress=False)
+
+
+def test_binomial_lower_bound():
+    # all successes: the bound solves p**n = 0.05 exactly
+    for n in (1, 500, 5000):
+        assert binomial_lower_bound(n, n) == pytest.approx(0.05 ** (1 / n), abs=1e-12)
+    assert binomial_lower_bound(0, 10) == 0.0
+    # P(X >= k | p = bound) is 0.05 for k < n too (checked by direct summation)
+    n, k = 40, 31
+    bound = binomial_lower_bound(k, n)
+    tail = sum(math.comb(n, j) * bound**j * (1 - bound) ** (n - j) for j in range(k, n + 1))
+    assert tail == pytest.approx(0.05, abs=1e-9)
+    assert binomial_lower_bound(k, n) < binomial_lower_bound(k + 1, n) < (k + 1) / n
+    with pytest.raises(ValueError, match="successes <= n"):
+        binomial_lower_bound(5, 4)

@@ -37,6 +37,30 @@ def ranking_scores(rankings: Sequence[Sequence[str]], targets: Sequence[str]) ->
     return out
 
 
+def binomial_lower_bound(successes: int, n: int, confidence: float = 0.95) -> float:
+    """Exact one-sided lower confidence bound on a success probability (Clopper-Pearson), by bisection on
+    P(X >= successes | p) = 1 - confidence."""
+    if not 0 <= successes <= n or n < 1:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    if successes == 0:
+        return 0.0
+    alpha = 1.0 - confidence
+
+    def tail(p: float) -> float:  # P(X >= successes), summed in log space
+        terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
+                 + (n - k) * math.log1p(-p) for k in range(successes, n + 1)]
+        top = max(terms)
+        return math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+    low, high = 0.0, 1.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if middle <= 0.0 or middle >= 1.0:
+            break
+        low, high = (middle, high) if tail(middle) < alpha else (low, middle)
+    return low
+
+
 def evaluate_prerank_floor(dataset) -> dict:
     """Metrics of the pre-ranker's own order (the `candidates` column), the floor a re-ranker must beat."""
     _check_columns(dataset, ("candidates", "target"))
@@ -111,6 +135,7 @@ def evaluate_reranker(
                 details.append({"text": text, "ranking": ranking, "valid": parsed.valid, "reason": parsed.reason})
     result: dict = ranking_scores(used, targets)
     result["valid_rate"] = reasons["ok"] / n if n else float("nan")
+    result["valid_rate_lower_95"] = binomial_lower_bound(reasons["ok"], n) if n else None
     result["invalid_reasons"] = {r: reasons[r] for r in REASONS if r != "ok"}
     result["copies_floor_rate"] = copies_floor / n if n else float("nan")
     result["num_distinct_texts"] = len(texts)

@@ -179,7 +179,8 @@ class Recipe:
         p = self.preset
         options = common_args(p, self.stage_dir("opd"), p.opd_steps, p.opd_learning_rate)
         options["per_device_train_batch_size"] = p.opd_prompts_per_step
-        args = OnPolicyDistillConfig(**options, **rollout_args(p), num_rollouts_per_prompt=p.opd_rollouts_per_prompt)
+        args = OnPolicyDistillConfig(**options, **rollout_args(p), num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
+                                     divergence=p.opd_divergence)
         trainer = OnPolicyDistillTrainer(self.load("cft"), teacher_model=self.load("ar"), args=args,
                                          train_dataset=self.data.train, processing_class=self.tokenizer)
         start = time.perf_counter()
