@@ -1,9 +1,9 @@
 """How often a finished recipe's final model writes a valid ranking, on thousands of held-out prompts.
 
 The recipe's stage table is measured on 500 test queries; 500 valid answers out of 500 only bound the true valid
-rate above 0.994 (one-sided 95%). This check decodes many more test prompts (every test user, whether or not the
-pre-ranker found their true item: validity does not need it) at the evaluation setting and reports the exact
-(Clopper-Pearson) lower bound.
+rate above 0.994 (one-sided 95%). This check decodes many more prompts (test users, or with `--split validation`
+validation users, whether or not the pre-ranker found their true item: validity does not need it) at the
+evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lower bound.
 
     python benchmarks/validity_check.py --recipe_dir outputs/recipe-default --queries 5000 --out benchmarks/results/validity_check.json
 """
@@ -28,6 +28,9 @@ def main():
     parser.add_argument("--stage", default="rl")
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--split", default="test", choices=["test", "validation"],
+                        help="validation users to choose a setting, test users to report it")
+    parser.add_argument("--threshold", type=float, default=None, help="default: the preset's eval_threshold")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     preset = get_preset(args.preset)
@@ -37,17 +40,18 @@ def main():
                     max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
                     trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
                     max_train_queries=preset.max_train_queries, seed=preset.seed)
-    test = build_rerank_datasets(**settings, keep_all_eval_queries=True, max_eval_queries=args.queries).test
-    recipe.test = test
-    scores = recipe.evaluate(recipe.load(args.stage), block=True, batch_size=args.batch_size)
+    data = build_rerank_datasets(**settings, keep_all_eval_queries=True, max_eval_queries=args.queries)
+    recipe.test = getattr(data, args.split)
+    threshold = preset.eval_threshold if args.threshold is None else args.threshold
+    scores = recipe.evaluate(recipe.load(args.stage), block=True, threshold=threshold, batch_size=args.batch_size)
     valid = round(scores["valid_rate"] * scores["n"])
-    report = {"machine": machine_info(), "stage": args.stage, "threshold": preset.eval_threshold,
+    report = {"machine": machine_info(), "stage": args.stage, "split": args.split, "threshold": threshold,
               "fallback": preset.eval_fallback, "n": scores["n"], "valid": valid,
               "valid_rate": scores["valid_rate"], "valid_rate_lower_95": scores["valid_rate_lower_95"],
               "invalid_reasons": scores["invalid_reasons"], "forward_passes_per_token": scores["forward_passes_per_token"],
               "preset": dataclasses.asdict(preset)}
     print(f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
-          f"{report['valid_rate_lower_95']:.4f}) at threshold {preset.eval_threshold} / {preset.eval_fallback}; "
+          f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}; "
           f"invalid reasons {scores['invalid_reasons']}", flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
