@@ -44,9 +44,10 @@ class RecipePreset:
     cft_learning_rate: float = 2e-3
     # CFT targets: "data" (the dataset's completions, as the paper) or "teacher" (the AR teacher's greedy answers
     # to the first `cft_teacher_queries` training prompts: sequence-level distillation, see teachers/sequence_kd.py).
-    # On this preset "teacher" halved the passes per token after CFT (0.173 -> 0.085) at valid 1.000
+    # On this preset "teacher" halved the passes per token after CFT (0.173 -> 0.085) at valid 1.000; answers to all
+    # 12,000 training prompts (None) rather than 4,000 left 1 invalid answer in 5,000 validation prompts instead of 3
     cft_targets: str = "teacher"
-    cft_teacher_queries: int | None = 4000
+    cft_teacher_queries: int | None = None
     opd_steps: int = 40
     # after sequence distillation the student is sharper than the teacher's token distribution; at 1e-4 forward KL
     # pulled it towards the teacher's entropy (valid 1.000 -> 0.948, passes/token 0.085 -> 0.137)
