@@ -18,7 +18,7 @@ from pathlib import Path
 from dgr2_trl.data import build_rerank_datasets
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
-from dgr2_trl.recipe.stages import Recipe
+from dgr2_trl.recipe.stages import Recipe, data_settings
 
 
 def main():
@@ -35,12 +35,8 @@ def main():
     args = parser.parse_args()
     preset = get_preset(args.preset)
     recipe = Recipe(preset, args.recipe_dir)
-    # the recipe's own test prompts are the first ones only by chance; build every test user's query instead
-    settings = dict(id_scheme=preset.id_scheme, history_length=preset.history_length,
-                    max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
-                    trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
-                    max_train_queries=preset.max_train_queries, seed=preset.seed)
-    data = build_rerank_datasets(**settings, keep_all_eval_queries=True, max_eval_queries=args.queries)
+    # the recipe's own test prompts, but every user of the split (not only those the pre-ranker found)
+    data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
     recipe.test = getattr(data, args.split)
     threshold = preset.eval_threshold if args.threshold is None else args.threshold
     scores = recipe.evaluate(recipe.load(args.stage), block=True, threshold=threshold, batch_size=args.batch_size)

@@ -43,6 +43,15 @@ def rollout_args(preset: RecipePreset) -> dict:
                 max_completion_length=preset.max_new_tokens, max_steps_per_block=preset.rollout_max_steps_per_block)
 
 
+def data_settings(preset: RecipePreset) -> dict:
+    """The preset's arguments to `build_rerank_datasets` that shape the prompts and the training queries (the
+    number of evaluation queries is left to the caller)."""
+    return dict(id_scheme=preset.id_scheme, history_length=preset.history_length,
+                max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
+                trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
+                max_train_queries=preset.max_train_queries, seed=preset.seed)
+
+
 class Recipe:
     """Runs the stages of one preset into `output_dir`."""
 
@@ -52,12 +61,7 @@ class Recipe:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(preset.seed)
         start = time.perf_counter()
-        self.data = build_rerank_datasets(
-            id_scheme=preset.id_scheme, history_length=preset.history_length, max_title_words=preset.max_title_words,
-            prompt_style=preset.prompt_style, trace_style=preset.trace_style,
-            insert_target_fraction=preset.insert_target_fraction,
-            max_train_queries=preset.max_train_queries, max_eval_queries=preset.max_eval_queries, seed=preset.seed,
-        )
+        self.data = build_rerank_datasets(**data_settings(preset), max_eval_queries=preset.max_eval_queries)
         self.test = self.data.test
         logger.info("data built in %.1fs: %d train, %d test queries", time.perf_counter() - start,
                     len(self.data.train), len(self.test))
