@@ -8,13 +8,13 @@ warm-up call each, and prints tokens/s (generated tokens up to and including EOS
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from decode_throughput import HFGenerate, synchronize  # benchmarks/ is on sys.path when run as a script
+
+# benchmarks/ is on sys.path when run as a script
+from decode_throughput import HFGenerate, synchronize
+from recipe_bench import recipe_parser, write_report
 
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.stages import Recipe
@@ -31,12 +31,9 @@ def timed(generate, prompts, max_new_tokens: int) -> tuple[int, float]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe_dir", default="outputs/recipe-default")
-    parser.add_argument("--preset", default="default")
+    parser = recipe_parser(__doc__, stage=False)
     parser.add_argument("--queries_batch1", type=int, default=32)
     parser.add_argument("--queries_batch16", type=int, default=128)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
     model, tokenizer = recipe.load("ar"), recipe.tokenizer
@@ -57,9 +54,7 @@ def main():
                 tokens, seconds = tokens + t, seconds + s
             report[f"{name}_b{batch_size}_tokens_per_s"] = tokens / seconds
             print(f"{name:12s} batch {batch_size:>2}: {int(tokens)} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tok/s")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ same queries; the report gives the median and range of the per-round ratios.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
+
+from recipe_bench import recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
@@ -20,16 +19,12 @@ from dgr2_trl.recipe.stages import Recipe
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe_dir", default="outputs/recipe-default")
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--stage", default="rl")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--settings", nargs="+", default=["0.9:leftmost", "0.95:leftmost", "0.7:confidence"],
                         help="threshold:fallback pairs")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
     ar, block = recipe.load("ar"), recipe.load(args.stage)
@@ -56,9 +51,7 @@ def main():
             print(f"batch {batch_size:>2} tau {threshold} {fallback:10s}: {row['speedup_median']:.2f}x AR "
                   f"(range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}, {args.rounds} rounds), valid {valid:.3f}, "
                   f"R@1 {r1:.4f} vs AR {ar_r1:.4f}, {passes:.3f} passes/token", flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

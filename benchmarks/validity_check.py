@@ -10,10 +10,9 @@ evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-from pathlib import Path
+
+from recipe_bench import recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
 from dgr2_trl.data import build_rerank_datasets
 from dgr2_trl.recipe import get_preset
@@ -22,16 +21,12 @@ from dgr2_trl.recipe.stages import Recipe, data_settings
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe_dir", default="outputs/recipe-default")
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--stage", default="rl")
+    parser = recipe_parser(__doc__)
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--split", default="test", choices=["test", "validation"],
                         help="validation users to choose a setting, test users to report it")
     parser.add_argument("--threshold", type=float, default=None, help="default: the preset's eval_threshold")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     preset = get_preset(args.preset)
     recipe = Recipe(preset, args.recipe_dir)
@@ -49,9 +44,7 @@ def main():
     print(f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
           f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}; "
           f"invalid reasons {scores['invalid_reasons']}", flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":
