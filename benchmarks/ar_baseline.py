@@ -14,7 +14,7 @@ import torch
 
 # benchmarks/ is on sys.path when run as a script
 from decode_throughput import HFGenerate, synchronize
-from recipe_bench import recipe_parser, write_report
+from recipe_bench import DTYPES, recipe_parser, write_report
 
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.stages import Recipe
@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--queries_batch16", type=int, default=128)
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
-    model, tokenizer = recipe.load("ar"), recipe.tokenizer
+    model, tokenizer = recipe.load("ar", DTYPES[args.dtype]), recipe.tokenizer
     max_new = recipe.preset.max_new_tokens
     prompts = [row["prompt"] for row in recipe.test.select(range(max(args.queries_batch1, args.queries_batch16)))]
     sampler = ARSampler(model, tokenizer)
@@ -45,7 +45,7 @@ def main():
                "ar_sampler": lambda batch: timed(lambda p, n: sampler.generate(p, max_new_tokens=n), batch, max_new)}
     for run in runners.values():
         run(prompts[:1])  # warm-up
-    report = {"device": str(recipe.device), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    report = {"device": str(recipe.device), "dtype": args.dtype, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     for batch_size, n in ((1, args.queries_batch1), (16, args.queries_batch16)):
         for name, run in runners.items():
             tokens = seconds = 0.0

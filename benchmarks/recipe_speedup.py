@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 
-from recipe_bench import recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
@@ -27,10 +27,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
-    ar, block = recipe.load("ar"), recipe.load(args.stage)
+    ar, block = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     recipe.warm_up(ar, block)
     settings = [(float(t), f) for t, f in (s.split(":") for s in args.settings)]
-    report = {"machine": machine_info(), "rounds": args.rounds, "results": []}
+    report = {"machine": machine_info(), "dtype": args.dtype, "rounds": args.rounds, "results": []}
     for batch_size, n in zip(args.batch_sizes, args.queries):
         ratios = {s: [] for s in settings}
         quality = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from recipe_bench import recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
 from dgr2_trl.data import build_rerank_datasets
 from dgr2_trl.recipe import get_preset
@@ -34,9 +34,9 @@ def main():
     data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
     recipe.test = getattr(data, args.split)
     threshold = preset.eval_threshold if args.threshold is None else args.threshold
-    scores = recipe.evaluate(recipe.load(args.stage), block=True, threshold=threshold, batch_size=args.batch_size)
+    scores = recipe.evaluate(recipe.load(args.stage, DTYPES[args.dtype]), block=True, threshold=threshold, batch_size=args.batch_size)
     valid = round(scores["valid_rate"] * scores["n"])
-    report = {"machine": machine_info(), "stage": args.stage, "split": args.split, "threshold": threshold,
+    report = {"machine": machine_info(), "dtype": args.dtype, "stage": args.stage, "split": args.split, "threshold": threshold,
               "fallback": preset.eval_fallback, "n": scores["n"], "valid": valid,
               "valid_rate": scores["valid_rate"], "valid_rate_lower_95": scores["valid_rate_lower_95"],
               "invalid_reasons": scores["invalid_reasons"], "forward_passes_per_token": scores["forward_passes_per_token"],

@@ -1,7 +1,9 @@
 import json
 
+import torch
+
 from dgr2_trl.recipe import get_preset, run_recipe
-from dgr2_trl.recipe.stages import STAGES
+from dgr2_trl.recipe.stages import STAGES, Recipe
 
 
 def test_tiny_preset_end_to_end_and_resume(tmp_path):
@@ -32,6 +34,9 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     again = run_recipe(preset, tmp_path)
     for stage in STAGES:
         assert again["stages"][stage] == stages[stage]
+    # the benchmarks load a finished run's models in their saved dtype or another one
+    recipe = Recipe(preset, tmp_path)
+    assert recipe.load("rl").dtype == torch.float32 and recipe.load("rl", torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):

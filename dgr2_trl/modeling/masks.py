@@ -35,8 +35,9 @@ def block_attention_mask(
     an all-masked row would give NaNs in some attention kernels.
     """
     qb, kb = query_block[:, :, None], key_block[:, None, :]
-    qn, kn = query_noisy[:, :, None], key_noisy[:, None, :]
-    allowed = (~qn & ~kn & (kb <= qb)) | (qn & ~kn & (kb < qb)) | (qn & kn & (kb == qb))
+    qn, kn = query_noisy.bool()[:, :, None], key_noisy.bool()[:, None, :]
+    # a clean key: block(key) <= block(query), strictly below for a noisy query; a noisy key: same block, noisy query
+    allowed = torch.where(kn, qn & (kb == qb), kb <= qb - qn.long())
     allowed = allowed & key_valid[:, None, :].bool()
     allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
     return allowed[:, None]

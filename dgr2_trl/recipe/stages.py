@@ -111,8 +111,9 @@ class Recipe:
     def done(self, stage: str) -> bool:
         return (self.stage_dir(stage) / "metrics.json").exists()
 
-    def load(self, stage: str):
-        return AutoModelForCausalLM.from_pretrained(self.stage_dir(stage)).to(self.device).eval()
+    def load(self, stage: str, dtype: torch.dtype | None = None):
+        """A stage's model on the evaluation device, in its saved dtype or `dtype`."""
+        return AutoModelForCausalLM.from_pretrained(self.stage_dir(stage), dtype=dtype).to(self.device).eval()
 
     def save(self, stage: str, model, metrics: dict) -> dict:
         directory = self.stage_dir(stage)

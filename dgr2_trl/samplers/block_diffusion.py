@@ -107,8 +107,7 @@ class BlockDiffusionSampler:
         batch, prompt_width = prompt_ids.shape
         cache = DynamicCache(config=model.config)
         rows = torch.arange(batch, device=device)  # original row of each active batch entry
-        key_block = torch.empty(batch, 0, dtype=torch.long, device=device)
-        key_valid = torch.empty(batch, 0, dtype=torch.bool, device=device)
+        key_valid = torch.empty(batch, 0, dtype=torch.bool, device=device)  # which cached keys are real tokens
         # The clean tokens still to be written to the cache: the prompt, then each finished block.
         pending = dict(
             ids=prompt_ids,
@@ -159,11 +158,9 @@ class BlockDiffusionSampler:
                 # Rows that have finished this block sit its remaining steps out (not in the step that writes the
                 # pending clean tokens: every row needs those in the cache).
                 busy = None if pending is not None or busy.all() else torch.nonzero(busy).flatten()
-                hidden = self._step_hidden(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid,
-                                           keep, cache)
+                hidden = self._step_hidden(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_valid, keep, cache)
                 passes += 1
                 if pending is not None:
-                    key_block = torch.cat([key_block, pending["blocks"]], 1)
                     key_valid = torch.cat([key_valid, pending["valid"]], 1)
                     # AR shift: the last clean token predicts the block's first token, in every step of the block.
                     first_log_probs = self._log_probs(hidden[:, 0], temperature)
@@ -212,7 +209,7 @@ class BlockDiffusionSampler:
                 keep_rows = torch.nonzero(~finished).flatten()
                 cache.batch_select_indices(keep_rows)
                 rows, block_start = rows[keep_rows], block_start[keep_rows]
-                key_block, key_valid = key_block[keep_rows], key_valid[keep_rows]
+                key_valid = key_valid[keep_rows]
                 pending = {name: value[keep_rows] for name, value in pending.items()}
 
         lengths = [cut_at_eos(row, self.eos, max_new_tokens) for row in out_tokens]
@@ -257,7 +254,7 @@ class BlockDiffusionSampler:
             eos_logprob[rows, cols] = log_probs[:, self.eos[0]]
         return candidates, candidate_logprob, eos_logprob
 
-    def _step_hidden(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_block, key_valid, keep, cache):
+    def _step_hidden(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_valid, keep, cache):
         """Last hidden states `(B, len(keep), H)` of one step. With `busy` (row indices), only those rows run,
         against a copy of their cache rows, and the other rows get zeros (they have nothing left to commit)."""
         step_cache = cache
@@ -266,14 +263,12 @@ class BlockDiffusionSampler:
             for layer_index, layer in enumerate(cache.layers):
                 step_cache.update(layer.keys[busy], layer.values[busy], layer_index)
             q_ids, q_pos, q_blocks, q_noisy, q_valid = (t[busy] for t in (q_ids, q_pos, q_blocks, q_noisy, q_valid))
-            key_block, key_valid = key_block[busy], key_valid[busy]
-        allowed = block_attention_mask(
-            q_blocks,
-            q_noisy,
-            torch.cat([key_block, q_blocks], 1),
-            torch.cat([torch.zeros_like(key_valid), q_noisy], 1),
-            torch.cat([key_valid, q_valid], 1),
-        )
+            key_valid = key_valid[busy]
+        # Every cached key is a clean token of an earlier block (the prompt or a finished block), which the block
+        # rule lets every query attend; only the queries among themselves need the rule.
+        among_queries = block_attention_mask(q_blocks, q_noisy, q_blocks, q_noisy, q_valid)
+        cached = key_valid[:, None, None, :].expand(-1, 1, q_ids.shape[1], -1)
+        allowed = torch.cat([cached, among_queries], -1)
         hidden = decoder_hidden_states(self.model, q_ids, q_pos, allowed, step_cache)[:, keep]
         if busy is None:
             if self.block_size > 1:

@@ -12,21 +12,28 @@ def encode_prompts(tokenizer, prompts: Sequence, device=None) -> tuple[torch.Ten
     prompt) and left-pad them. Returns `(input_ids, attention_mask)`, both `(B, P)`."""
     if isinstance(prompts, (str, dict)) or not len(prompts):
         raise ValueError("prompts must be a non-empty list of strings or of chat-message lists")
-    rows = []
+    rows: list = []
+    texts: dict[int, str] = {}  # rows still to tokenise, all in one call
     for index, prompt in enumerate(prompts):
         if isinstance(prompt, str):
-            rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            texts[index] = prompt
         elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in prompt):
-            text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            texts[index] = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             rows.append(list(prompt))  # already token ids
+            continue
         else:
             raise ValueError(
                 f"prompt {index} must be a string, a list of chat messages with 'role'/'content', or a list of "
                 f"token ids; got {type(prompt).__name__}"
             )
-        if not rows[-1]:
+        rows.append(None)
+    if texts:
+        encoded = tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]
+        for index, ids in zip(texts, encoded):
+            rows[index] = ids
+    for index, row in enumerate(rows):
+        if not row:
             raise ValueError(f"prompt {index} encodes to no tokens")
     return left_pad(rows, pad_id(tokenizer), device)
 
