@@ -33,19 +33,26 @@ def main():
     report = {"machine": machine_info(), "dtype": args.dtype, "rounds": args.rounds, "results": []}
     for batch_size, n in zip(args.batch_sizes, args.queries):
         ratios = {s: [] for s in settings}
+        speeds = {s: [] for s in settings}
+        ar_speeds = []
         quality = {}
         for _ in range(args.rounds):
             base = recipe.evaluate(ar, block=False, batch_size=batch_size, max_queries=n)
+            ar_speeds.append(base["tokens_per_second"])
             for threshold, fallback in settings:
                 scores = recipe.evaluate(block, block=True, threshold=threshold, fallback=fallback,
                                          batch_size=batch_size, max_queries=n)
                 ratios[(threshold, fallback)].append(scores["tokens_per_second"] / base["tokens_per_second"])
+                speeds[(threshold, fallback)].append(scores["tokens_per_second"])
                 quality[(threshold, fallback)] = (scores["valid_rate"], scores["recall@1"], base["recall@1"],
                                                   scores["forward_passes_per_token"])
         for (threshold, fallback), values in ratios.items():
             valid, r1, ar_r1, passes = quality[(threshold, fallback)]
             row = {"batch_size": batch_size, "n": n, "threshold": threshold, "fallback": fallback,
                    "speedup_median": statistics.median(values), "speedup_min": min(values), "speedup_max": max(values),
+                   # absolute speeds, so runs in different dtypes can be compared with each other's AR
+                   "tokens_per_second_median": statistics.median(speeds[(threshold, fallback)]),
+                   "ar_tokens_per_second_median": statistics.median(ar_speeds),
                    "valid_rate": valid, "recall@1": r1, "ar_recall@1": ar_r1, "forward_passes_per_token": passes}
             report["results"].append(row)
             print(f"batch {batch_size:>2} tau {threshold} {fallback:10s}: {row['speedup_median']:.2f}x AR "

@@ -187,6 +187,19 @@ def test_chat_prompts_and_mask_token_never_emitted(tokenizer):
     assert out.completion_ids[0] == BlockDiffusionSampler(model, tok).generate([text], max_new_tokens=16).completion_ids[0]
 
 
+def test_mixed_prompt_kinds_encode_as_each_alone(tokenizer):
+    chat = [{"role": "user", "content": PROMPTS[1]}]
+    ids_prompt = tokenizer(PROMPTS[2], add_special_tokens=False)["input_ids"]
+    prompts = [PROMPTS[0], ids_prompt, chat, PROMPTS[3]]
+    ids, mask = encode_prompts(tokenizer, prompts)
+    for row, prompt in enumerate(prompts):
+        alone, _ = encode_prompts(tokenizer, [prompt])
+        assert ids[row][mask[row].bool()].tolist() == alone[0].tolist()
+    assert ids[1][mask[1].bool()].tolist() == ids_prompt
+    with pytest.raises(ValueError, match="prompt 2 encodes to no tokens"):
+        encode_prompts(tokenizer, ["ok", [1, 2], ""])
+
+
 def test_unconverted_model_and_bad_prompts_are_refused(tokenizer):
     with pytest.raises(ValueError, match="convert it first"):
         BlockDiffusionSampler(make_model(tokenizer), tokenizer)
