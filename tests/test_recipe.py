@@ -25,7 +25,24 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
     table = (tmp_path / "results.md").read_text()
-    assert table.count("| +RL |") == 1 and "| copies pre-ranker | passes/token |" in table.splitlines()[0]
+    assert table.count("| +RL |") == 2  # the stage table and the comparison with the teacher
+    assert "| copies pre-ranker | distinct texts | passes/token |" in table.splitlines()[0]
+    # every stage's per-query outputs are written, and the paired comparisons are computed from them
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for stage in STAGES:
+        lines = (tmp_path / stage / "test_rows.jsonl").read_text().splitlines()
+        assert len(lines) == preset.max_eval_queries
+        row = json.loads(lines[0])
+        assert set(row) == {"user_id", "candidates", "target", "ranking", "valid", "text"}
+    assert len((tmp_path / "ar" / "validation_rows.jsonl").read_text().splitlines()) == preset.max_eval_queries
+    comparisons = saved["comparisons"]
+    assert set(comparisons["teacher_vs_floor"]) == {"test", "validation"}
+    assert set(comparisons["vs_teacher"]) == {"naive", "cft", "opd", "rl"}
+    for stage, c in comparisons["vs_teacher"].items():
+        teacher_r3 = stages["ar"]["recall@3"]
+        assert abs(c["recall@3"]["diff"] - (stages[stage]["recall@3"] - teacher_r3)) < 1e-9
+        assert c["recall@3"]["low"] <= c["recall@3"]["diff"] <= c["recall@3"]["high"]
+    assert comparisons["traces"]["ar"]["n"] == preset.max_eval_queries
     assert all(0.0 <= stages[stage]["copies_floor_rate"] <= 1.0 for stage in STAGES)
     assert stages["ar"]["forward_passes_per_token"] == 1.0  # the AR teacher decodes one token per pass
     assert set(json.loads((tmp_path / "results.json").read_text())["stages"]) == {"floor", *STAGES}

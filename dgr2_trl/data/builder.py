@@ -14,17 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset
 
 from .item_ids import ItemIdentifiers, make_item_ids
 from .loading import SequenceData, load_amazon_beauty, load_sequence_data
-from .preranker import TransitionPreRanker, ranking_metrics
+from .evidence import EvidenceModel, evidence_tokens
+from .feature_ranker import FeatureRanker, out_of_fold_scores
+from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
 from .prompts import PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
 from .split import Query, leave_one_out_split, training_queries
 
 logger = logging.getLogger(__name__)
 
 INSERT_POSITIONS = ("empirical", "last", "uniform")
+TARGET_ORDERS = ("preranker", "feature_ranker")
 
 
 @dataclass
@@ -45,19 +49,22 @@ class RerankData:
         return list(self.item_ids.special_tokens)
 
 
-def _rank(preranker: TransitionPreRanker, queries: Sequence[Query], k: int, train: list[list[int]] | None) -> list[list[int]]:
+def _scores(preranker: TransitionPreRanker, query: Query, train: list[list[int]] | None):
     if train is None:
-        return [preranker.top_k(q.history, k) for q in queries]
+        return preranker.scores(query.history)
     # training query: remove the user's own pairs from the target onwards (see TransitionPreRanker)
-    return [preranker.top_k(q.history, k, own_prefix=train[q.user_index], position=q.position) for q in queries]
+    return preranker.scores(query.history, own_prefix=train[query.user_index], position=query.position)
 
 
 def _row(
     query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
     max_title_words: int = 12, slot_ids: bool = False, prompt_style: str = "full", trace_style: str = "full",
+    evidence: list[list[int]] | None = None, ranker_order: list[int] | None = None, candidate_title_words: int = 0,
 ) -> dict:
     """One query. With `slot_ids`, candidates are named by their slot `[1]`..`[k]` in this prompt (RankGPT-style
-    identifiers: copying a slot label is far easier for a small model than copying an item id)."""
+    identifiers: copying a slot label is far easier for a small model than copying an item id). `evidence` holds
+    each candidate's evidence levels; `ranker_order` (candidate indices, best first) orders the target ranking
+    below the true item instead of the pre-ranker order."""
     if slot_ids:
         cand_ids = [f"[{k}]" for k in range(1, len(candidates) + 1)]
         titles = {**titles, **{label: titles[ids.id_of[item]] for label, item in zip(cand_ids, candidates)}}
@@ -65,14 +72,16 @@ def _row(
     else:
         cand_ids = [ids.id_of[c] for c in candidates]
         target_id = ids.id_of[query.target]
-    hist_ids = [ids.id_of[i] for i in query.history[-history_length:]]
+    hist_ids = [ids.id_of[i] for i in query.history[-history_length:]] if history_length > 0 else []
     in_cands = query.target in candidates
     pre_rank = candidates.index(query.target) if in_cands else -1
-    # target ranking: true item first, the rest keep the pre-ranker order
-    ranking = [target_id] + [c for c in cand_ids if c != target_id] if in_cands else cand_ids
-    return {
-        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words, style=prompt_style),
-        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words),
+    # target ranking: true item first, the rest in pre-ranker order (or the feature ranker's)
+    order = [cand_ids[k] for k in ranker_order] if ranker_order is not None else cand_ids
+    ranking = [target_id] + [c for c in order if c != target_id] if in_cands else order
+    row = {
+        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words, style=prompt_style, evidence=evidence,
+                               candidate_title_words=candidate_title_words),
+        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence),
         "candidates": cand_ids,
         "target": target_id,
         "pre_rank": pre_rank,
@@ -83,6 +92,37 @@ def _row(
         "target_item": query.target,
         "candidate_items": candidates,
     }
+    if evidence is not None:
+        row["evidence"] = [list(map(int, levels)) for levels in evidence]
+    if ranker_order is not None:
+        row["ranker_ranking"] = [cand_ids[k] for k in ranker_order]
+    return row
+
+
+def _feature_ranker_orders(features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs):
+    """Candidate orders (indices, best first) from a `FeatureRanker` fitted on the natural hits among the training
+    queries (true item found by the pre-ranker, not inserted: an inserted item's score gives it away), out of fold
+    for those queries; plus the anchor's metrics on the evaluation splits."""
+    natural = np.array([q.target in c and not ins for q, c, ins in zip(train_queries, train_cands, train_inserted)])
+    train_x = np.stack(features["train"])
+    targets = np.array([c.index(q.target) if q.target in c else -1 for q, c in zip(train_queries, train_cands)])
+    if natural.sum() < 2:
+        raise ValueError(f"the feature ranker needs at least 2 training queries whose true item the pre-ranker "
+                         f"found (not inserted); got {int(natural.sum())}")
+    ranker = FeatureRanker(seed=seed, **ranker_kwargs).fit(train_x[natural], targets[natural])
+    scores = ranker.scores(train_x)
+    scores[natural] = out_of_fold_scores(train_x[natural], targets[natural], folds=min(5, int(natural.sum())),
+                                         seed=seed, **ranker_kwargs)
+    orders = {"train": [list(map(int, o)) for o in np.argsort(-scores, axis=1, kind="stable")]}
+    stats = {"num_fit_queries": int(natural.sum())}
+    for name, triples in eval_pairs.items():
+        order = ranker.rank(np.stack(features[name])) if triples else np.zeros((0, 0), dtype=np.int64)
+        orders[name] = [list(map(int, o)) for o in order]
+        rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders[name])]
+        m = ranking_metrics(rankings, [q.target for q, _, _ in triples], k=3)
+        stats[name] = {"recall@1": ranking_metrics(rankings, [q.target for q, _, _ in triples], k=1)["hr@1"],
+                       "recall@3": m["hr@3"], "ndcg@3": m["ndcg@3"], "n": m["n"]}
+    return orders, stats
 
 
 def _sample(items: list, limit: int | None, rng: random.Random) -> list:
@@ -110,6 +150,9 @@ def build_rerank_datasets(
     id_kwargs: dict | None = None,
     prompt_style: str = "full",
     trace_style: str = "full",
+    target_order: str = "preranker",
+    candidate_title_words: int = 0,
+    ranker_kwargs: dict | None = None,
     seed: int = 0,
 ) -> RerankData:
     """Split leave-one-out, fit the pre-ranker on training interactions, and build one `datasets.Dataset` per split.
@@ -124,15 +167,27 @@ def build_rerank_datasets(
             inserted (dropping the last candidate). It goes to a position drawn from the positions of the true
             item in the training queries where the pre-ranker found it (`insert_position="empirical"`), so the
             position in the prompt does not give it away; `"last"` or `"uniform"` otherwise.
-        prompt_style: `full` (system message + instructions) or `compact` (see `build_prompt`).
+        prompt_style: `full` (system message + instructions), `compact` or `evidence` (compact, each candidate
+            with its evidence level tokens, see `dgr2_trl.data.evidence`; see `build_prompt`).
         trace_style: `full` (templated rationale, ~60-150 tokens) or `short` (one evidence line from the prompt's
-            titles, then the pick; see `build_short_trace`) or `ids` (the same naming only the related candidates).
+            titles, then the pick; see `build_short_trace`) or `ids` (the same naming only the related candidates)
+            or `evidence` (the candidates most related to the history by their evidence levels, with the strongest
+            levels; see `build_evidence_trace`).
+        target_order: how the target ranking orders the candidates below the true item: `preranker` (their
+            prompt order) or `feature_ranker` (a `FeatureRanker` on the evidence features, fitted on the training
+            queries whose true item the pre-ranker found; those queries get out-of-fold orders). Training queries
+            whose true item is not among the candidates then learn the feature ranker's whole order (listwise
+            distillation of a stronger ranker).
+        candidate_title_words: title words after each candidate's evidence in the `evidence` prompt (0: none).
+        ranker_kwargs: `FeatureRanker` settings.
         keep_all_eval_queries: keep validation/test queries whose true item is not among the candidates (by
             default they are dropped: the paper evaluates on queries with the true item in the top-k).
 
     Columns: prompt, completion (TRL conversational prompt-completion), candidates (id strings, pre-ranker
     order), target (id string), pre_rank (0-based position of the target in candidates, -1 if absent),
-    target_in_candidates, target_inserted, user_id, history, target_item, candidate_items.
+    target_in_candidates, target_inserted, user_id, history, target_item, candidate_items; with evidence also
+    `evidence` (levels per candidate) and, with `target_order="feature_ranker"`, `ranker_ranking` (the feature
+    ranker's order of the candidates: the feature-based anchor).
     `stats` holds, per split, the query counts, how many have the true item among the candidates, and the
     pre-ranker's full-ranking HR@k / NDCG@k.
     """
@@ -142,6 +197,8 @@ def build_rerank_datasets(
         raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {trace_style!r}")
+    if target_order not in TARGET_ORDERS:
+        raise ValueError(f"target_order must be one of {TARGET_ORDERS}, got {target_order!r}")
     if insert_position not in INSERT_POSITIONS:
         raise ValueError(f"insert_position must be one of {INSERT_POSITIONS}, got {insert_position!r}")
     if data is None:
@@ -164,14 +221,25 @@ def build_rerank_datasets(
         hits = m["n"] and round(m[f"hr@{num_candidates}"] * m["n"])
         return {"num_queries": len(queries), "num_target_in_candidates": int(hits), **{k: float(v) for k, v in m.items() if k != "n"}}
 
+    use_evidence = "evidence" in (prompt_style, trace_style) or target_order == "feature_ranker"
+    evidence_model = EvidenceModel(seed=seed).fit(split.train, data.titles) if use_evidence else None
+
     # --- training queries -----------------------------------------------------------------------------------
     train_queries = _sample(training_queries(split, data.user_ids, train_positions_per_user), max_train_queries, rng)
-    train_ranked = _rank(preranker, train_queries, num_candidates, split.train)
+    train_ranked, train_cands, train_cand_scores, train_inserted = [], [], [], []
+    hit_positions: list[int] = []
+    for q in train_queries:  # first pass: positions of the true item where the pre-ranker found it
+        scores = _scores(preranker, q, split.train)
+        train_ranked.append(top_of_scores(scores, num_candidates))
+        if q.target in train_ranked[-1]:
+            hit_positions.append(train_ranked[-1].index(q.target))
+        # only the candidates' scores are kept (a full score vector per query would not fit in memory)
+        train_cand_scores.append({"target": float(scores[q.target]), "top": scores[train_ranked[-1]].tolist()})
     stats["train"] = split_stats(train_queries, train_ranked)
-    hit_positions = [r.index(q.target) for q, r in zip(train_queries, train_ranked) if q.target in r]
-    train_rows, inserted = [], 0
-    for q, cands in zip(train_queries, train_ranked):
+    inserted = 0
+    for q, cands, sc in zip(train_queries, train_ranked, train_cand_scores):
         was_inserted = False
+        cand_scores = list(sc["top"])
         if q.target not in cands and len(cands) == num_candidates and rng.random() < insert_target_fraction:
             if insert_position == "last" or not hit_positions:
                 pos = num_candidates - 1
@@ -179,23 +247,53 @@ def build_rerank_datasets(
                 pos = rng.randrange(num_candidates)
             else:
                 pos = rng.choice(hit_positions)
-            cands = cands[:-1]
+            cands, cand_scores = cands[:-1], cand_scores[:-1]
             cands.insert(pos, q.target)
+            cand_scores.insert(pos, sc["target"])
             was_inserted, inserted = True, inserted + 1
-        train_rows.append(_row(q, cands, ids, titles_by_id, history_length, was_inserted, max_title_words, slot_ids, prompt_style, trace_style))
+        train_cands.append(cands)
+        sc["cands"] = cand_scores
+        train_inserted.append(was_inserted)
     stats["train"]["num_inserted"] = inserted
 
     # --- evaluation queries ---------------------------------------------------------------------------------
     # evaluation samples get their own generator, so they do not move when the training settings change
     eval_rng = random.Random(seed + 1_000_003)
-    eval_sets = {}
+    eval_pairs = {}
     for name, queries in (("validation", split.validation), ("test", split.test)):
-        ranked = _rank(preranker, queries, num_candidates, None)
+        ranked, cand_scores = [], []
+        for q in queries:
+            scores = _scores(preranker, q, None)
+            ranked.append(top_of_scores(scores, num_candidates))
+            cand_scores.append(scores[ranked[-1]].tolist())
         stats[name] = split_stats(queries, ranked)
-        pairs = [(q, r) for q, r in zip(queries, ranked) if keep_all_eval_queries or q.target in r]
-        pairs = _sample(pairs, max_eval_queries, eval_rng)
-        stats[name]["num_kept"] = len(pairs)
-        eval_sets[name] = Dataset.from_list([_row(q, r, ids, titles_by_id, history_length, False, max_title_words, slot_ids, prompt_style, trace_style) for q, r in pairs])
+        triples = [t for t in zip(queries, ranked, cand_scores) if keep_all_eval_queries or t[0].target in t[1]]
+        eval_pairs[name] = _sample(triples, max_eval_queries, eval_rng)
+        stats[name]["num_kept"] = len(eval_pairs[name])
+
+    # --- evidence and the feature ranker --------------------------------------------------------------------
+    evidence = {name: None for name in ("train", "validation", "test")}
+    orders = dict(evidence)
+    if use_evidence:
+        features = {"train": [evidence_model.features(q.history, c, sc["cands"]) for q, c, sc in
+                              zip(train_queries, train_cands, train_cand_scores)]}
+        for name, triples in eval_pairs.items():
+            features[name] = [evidence_model.features(q.history, r, sc) for q, r, sc in triples]
+        evidence_model.fit_levels(np.concatenate(features["train"]) if features["train"] else np.zeros((1, 6)))
+        evidence = {name: [evidence_model.levels(f) for f in fs] for name, fs in features.items()}
+        if target_order == "feature_ranker":
+            orders, stats["feature_ranker"] = _feature_ranker_orders(
+                features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs or {})
+
+    def rows(name, queries, cand_lists, inserted_flags):
+        return [_row(q, c, ids, titles_by_id, history_length, ins, max_title_words, slot_ids, prompt_style, trace_style,
+                     None if evidence[name] is None else evidence[name][k],
+                     None if orders[name] is None else orders[name][k], candidate_title_words)
+                for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))]
+
+    train_rows = rows("train", train_queries, train_cands, train_inserted)
+    eval_sets = {name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples], [False] * len(triples)))
+                 for name, triples in eval_pairs.items()}
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(
@@ -207,7 +305,7 @@ def build_rerank_datasets(
         train=Dataset.from_list(train_rows),
         validation=eval_sets["validation"],
         test=eval_sets["test"],
-        item_ids=ids,
+        item_ids=dataclasses.replace(ids, special_tokens=[*ids.special_tokens, *evidence_tokens()]) if use_evidence else ids,
         preranker=preranker,
         titles=dict(data.titles),
         stats=stats,

@@ -131,14 +131,18 @@ class TransitionPreRanker:
         self, history: Sequence[int], k: int = 10, own_prefix: Sequence[int] | None = None, position: int | None = None
     ) -> list[int]:
         """The k best items (best first) never in `history`; ties broken by smaller item id."""
-        score = self.scores(history, own_prefix, position)
-        k_eff = min(k, int(np.isfinite(score).sum()))
-        if k_eff <= 0:
-            return []
-        # take a margin beyond k so ties at the boundary are resolved by id, not by partition order
-        top = np.argpartition(-score, min(k_eff + 32, len(score) - 1))[: k_eff + 32]
-        top = top[np.lexsort((top, -score[top]))][:k_eff]
-        return [int(i) for i in top]
+        return top_of_scores(self.scores(history, own_prefix, position), k)
+
+
+def top_of_scores(score: np.ndarray, k: int) -> list[int]:
+    """The k best finite entries of a score vector (best first), ties broken by smaller index."""
+    k_eff = min(k, int(np.isfinite(score).sum()))
+    if k_eff <= 0:
+        return []
+    # take a margin beyond k so ties at the boundary are resolved by id, not by partition order
+    top = np.argpartition(-score, min(k_eff + 32, len(score) - 1))[: k_eff + 32]
+    top = top[np.lexsort((top, -score[top]))][:k_eff]
+    return [int(i) for i in top]
 
 
 def ranking_metrics(rankings: Sequence[Sequence[int]], targets: Sequence[int], k: int = 10) -> dict[str, float]:

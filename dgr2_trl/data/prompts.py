@@ -45,21 +45,45 @@ def content_words(title: str) -> list[str]:
     return list(seen)
 
 
-PROMPT_STYLES = ("full", "compact")
-TRACE_STYLES = ("full", "short", "ids")
+PROMPT_STYLES = ("full", "compact", "evidence")
+TRACE_STYLES = ("full", "short", "ids", "evidence")
+# level tokens per candidate line, in this order (see dgr2_trl.data.evidence.FEATURES)
+EVIDENCE_FEATURES = ("score", "cooc", "title", "svd", "brand", "pop")
+EVIDENCE_LETTERS = "sctvbp"
+# the features that relate a candidate to the history (not the retriever's score, not popularity)
+RELATION_FEATURES = ("cooc", "title", "svd", "brand")
+
+
+def evidence_string(levels: Sequence[int]) -> str:
+    """One candidate's evidence levels, one per `EVIDENCE_FEATURES`, as tokens: `<s7><c3><t0><v5><b0><p4>`."""
+    if len(levels) != len(EVIDENCE_FEATURES):
+        raise ValueError(f"expected {len(EVIDENCE_FEATURES)} evidence levels {EVIDENCE_FEATURES}, got {len(levels)}")
+    return "".join(f"<{letter}{int(v)}>" for letter, v in zip(EVIDENCE_LETTERS, levels))
 
 
 def build_prompt(
     history: Sequence[str], candidates: Sequence[str], titles: Mapping[str, str], max_title_words: int = 12,
-    style: str = "full",
+    style: str = "full", evidence: Sequence[Sequence[int]] | None = None, candidate_title_words: int = 0,
 ) -> list[dict[str, str]]:
     """Messages for one query. `history`/`candidates` are id strings; `titles` maps id string -> title.
     `history` is expected already cut to the items to show (most recent last).
 
     `style="compact"` drops the system message and shortens the instruction (for small models trained from
-    scratch, where every prompt token is training and decoding time and the wording carries no prior)."""
+    scratch, where every prompt token is training and decoding time and the wording carries no prior).
+    `style="evidence"` is compact with each candidate's evidence levels (`evidence`, one row per candidate, see
+    `dgr2_trl.data.evidence`) after its id, and `candidate_title_words` title words (0: none) after them."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if style == "evidence":
+        if evidence is None or len(evidence) != len(candidates):
+            raise ValueError("prompt style 'evidence' needs one row of evidence levels per candidate")
+        lines = ["History:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in history]
+        lines.append("Candidates:")
+        for c, levels in zip(candidates, evidence):
+            title = f" {shorten_title(titles.get(c, ''), candidate_title_words)}" if candidate_title_words > 0 else ""
+            lines.append(f"{c} {evidence_string(levels)}{title}")
+        lines += ['Reason, then answer {"ranking":[...]}.']
+        return [{"role": "user", "content": "\n".join(lines)}]
     if style == "compact":
         lines = ["History:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in history]
         lines += ["Candidates:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in candidates]
@@ -77,8 +101,10 @@ def build_prompt(
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def format_answer(ranking: Sequence[str]) -> str:
-    return json.dumps({"ranking": list(ranking)})
+def format_answer(ranking: Sequence[str], compact: bool = False) -> str:
+    """`{"ranking": [...]}`; `compact` drops the spaces (`{"ranking":["[4]","[6]"]}`: about half the tokens
+    with a tokenizer trained on it)."""
+    return json.dumps({"ranking": list(ranking)}, separators=(",", ":") if compact else None)
 
 
 def _join(words: Sequence[str]) -> str:
@@ -156,19 +182,50 @@ def build_short_trace(
     return f"Related: {evidence}. Best: {ranking[0]}."
 
 
+def build_evidence_trace(
+    candidates: Sequence[str], evidence: Sequence[Sequence[int]], max_listed: int = 10, per_candidate: int = 2
+) -> str:
+    """Which candidates relate to the history, and how, read off the prompt's evidence levels.
+
+    Candidates are listed by the sum of their relation levels (`RELATION_FEATURES`: co-occurrence, title words,
+    interaction similarity, brand), most related first, ties in prompt order, at most `max_listed`, each with its
+    `per_candidate` strongest relation tokens: `Related: [3]<c6><t5>;[7]<v7><b4>;...`. It is a function of the
+    prompt alone (never of the answer), so a model can compute it and condition its ranking on it.
+    """
+    if len(evidence) != len(candidates):
+        raise ValueError(f"got {len(evidence)} evidence rows for {len(candidates)} candidates")
+    relation = [EVIDENCE_FEATURES.index(f) for f in RELATION_FEATURES]
+    scored = []
+    for position, (candidate, levels) in enumerate(zip(candidates, evidence)):
+        strength = [(int(levels[f]), f) for f in relation]
+        total = sum(v for v, _ in strength)
+        if total > 0:
+            top = sorted((f for v, f in strength if v > 0), key=lambda f: (-int(levels[f]), f))[:per_candidate]
+            tokens = "".join(f"<{EVIDENCE_LETTERS[f]}{int(levels[f])}>" for f in top)
+            scored.append((-total, position, f"{candidate}{tokens}"))
+    scored.sort()
+    return "Related: " + (";".join(entry for *_, entry in scored[:max_listed]) or "none") + "."
+
+
 def build_completion(
     history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str], trace_style: str = "full",
     candidates: Sequence[str] | None = None, max_title_words: int = 12,
+    evidence: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, str]]:
     """The assistant message: reasoning trace, then the JSON answer on its own last line.
 
     `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`);
-    `"ids"` the same without the shared title words."""
+    `"ids"` the same without the shared title words; `"evidence"` uses `build_evidence_trace` (needs
+    `candidates` and their `evidence` levels)."""
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
-    if trace_style in ("short", "ids"):
+    if trace_style == "evidence":
+        if evidence is None or candidates is None:
+            raise ValueError("trace style 'evidence' needs the prompt's candidates and their evidence levels")
+        trace = build_evidence_trace(candidates, evidence)
+    elif trace_style in ("short", "ids"):
         trace = build_short_trace(history, candidates if candidates is not None else ranking, ranking, titles,
                                   max_title_words, with_words=trace_style == "short")
     else:
         trace = build_trace(history, ranking, titles)
-    return [{"role": "assistant", "content": trace + "\n" + format_answer(ranking)}]
+    return [{"role": "assistant", "content": trace + "\n" + format_answer(ranking, compact=trace_style == "evidence")}]

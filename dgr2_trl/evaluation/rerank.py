@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dgr2_trl.rewards.metrics import ndcg_at_k, recall_at_k
 from dgr2_trl.rewards.parsing import REASONS, parse_ranking
 
-METRICS = (("recall@1", "r", 1), ("recall@3", "r", 3), ("ndcg@3", "n", 3), ("ndcg@5", "n", 5))
+METRICS = (("recall@1", "r", 1), ("recall@3", "r", 3), ("recall@5", "r", 5), ("ndcg@3", "n", 3), ("ndcg@5", "n", 5))
 _REQUIRED = ("prompt", "candidates", "target")
 
 
@@ -89,7 +89,7 @@ def evaluate_reranker(
 ) -> dict:
     """Generate a ranking for every query and score it.
 
-    Returns a JSON-serialisable dict: `n`, `recall@1`, `recall@3`, `ndcg@3`, `ndcg@5` (invalid answers fall back
+    Returns a JSON-serialisable dict: `n`, `recall@1`, `recall@3`, `recall@5`, `ndcg@3`, `ndcg@5` (invalid answers fall back
     to the pre-ranker order), `valid_rate`, `invalid_reasons` (count per reason), `floor` (the pre-ranker order's
     metrics on the same queries), `num_target_in_candidates`, `tokens_per_second` (generated tokens over the
     summed `generate` wall time), `forward_passes_per_token` (mean over rows of the denoising steps a row needed
@@ -146,7 +146,7 @@ def evaluate_reranker(
     result["elapsed_s"] = elapsed
     result["tokens_per_second"] = _safe(tokens / elapsed) if elapsed > 0 else None
     result["forward_passes_per_token"] = _safe(sum(step_ratios) / len(step_ratios)) if step_ratios else None
-    for key in ("recall@1", "recall@3", "ndcg@3", "ndcg@5", "valid_rate", "copies_floor_rate"):
+    for key in ("recall@1", "recall@3", "recall@5", "ndcg@3", "ndcg@5", "valid_rate", "copies_floor_rate"):
         result[key] = _safe(result[key])
     if return_rows:
         result["rows"] = details

@@ -19,20 +19,57 @@ def _fmt(value, digits=4):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(stages: dict, frontier: list[dict]) -> str:
+def _interval(c: dict | None, key: str) -> str:
+    if not c or key not in c:
+        return "-"
+    d = c[key]
+    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def comparison_tables(comparisons: dict) -> list[str]:
+    """The teacher and the feature-based anchor against the floor (per split), then each stage against the
+    teacher: paired differences with 95% bootstrap intervals."""
+    lines = ["", "| split | model | R@1 - floor | R@3 - floor | NDCG@3 - floor | R@5 - floor | NDCG@5 - floor | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for split in ("test", "validation"):
+        for label, c in (("AR teacher", comparisons.get("teacher_vs_floor", {}).get(split)),
+                         ("feature ranker (anchor)", comparisons.get("anchor", {}).get(split, {}).get("vs_floor"))):
+            if c:
+                lines.append(f"| {split} | {label} | " + " | ".join(_interval(c, k) for k in
+                             ("recall@1", "recall@3", "ndcg@3", "recall@5", "ndcg@5")) + f" | {c['n']} |")
+    vs = comparisons.get("vs_teacher", {})
+    traces = comparisons.get("traces", {})
+    if vs or traces:
+        lines += ["", "| stage (test) | R@3 - teacher | NDCG@3 - teacher | same ranking as teacher | Kendall tau "
+                  "| distinct texts | trace = prompt's |", "|---|---|---|---|---|---|---|"]
+        for key, label in ROWS:
+            if key not in vs and key not in traces:
+                continue
+            c, t = vs.get(key), traces.get(key, {})
+            same = "-" if not c else f"{c['identical_rate']:.3f}"
+            tau = "-" if not c else f"{c['mean_kendall_tau']:.3f}"
+            lines.append(f"| {label} | {_interval(c, 'recall@3')} | {_interval(c, 'ndcg@3')} | {same} | {tau} "
+                         f"| {_fmt(t.get('distinct_text_rate'), 3)} | {_fmt(t.get('agreement'), 3)} |")
+    return lines
+
+
+def markdown_table(stages: dict, frontier: list[dict], comparisons: dict | None = None) -> str:
     # "copies pre-ranker": share of answers that are exactly the pre-ranker's order (a model that ignores its
     # prompt scores the floor with 1.000 here)
-    lines = ["| stage | R@1 | R@3 | NDCG@3 | valid rate | copies pre-ranker | passes/token | n | paper R@1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | R@1 | R@3 | R@5 | NDCG@3 | NDCG@5 | valid rate | copies pre-ranker | distinct texts "
+             "| passes/token | n | paper R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, label in ROWS:
         if key not in stages:
             continue
         s = stages[key]
         valid = 1.0 if key == "floor" else s.get("valid_rate")
-        lines.append(f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('ndcg@3'))} "
-                     f"| {_fmt(valid, 3)} | {_fmt(s.get('copies_floor_rate'), 3)} "
+        lines.append(f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('recall@5'))} "
+                     f"| {_fmt(s.get('ndcg@3'))} | {_fmt(s.get('ndcg@5'))} "
+                     f"| {_fmt(valid, 3)} | {_fmt(s.get('copies_floor_rate'), 3)} | {s.get('num_distinct_texts', '-')} "
                      f"| {_fmt(s.get('forward_passes_per_token'), 3)} | {s.get('n', '-')} "
                      f"| {PAPER[key]:.4f} |")
+    if comparisons:
+        lines += comparison_tables(comparisons)
     if frontier:
         lines += ["", "| model | threshold | fallback | batch | tokens/s | speed-up vs AR | passes/token | R@1 | valid rate "
                   "| n |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -84,10 +121,12 @@ def plot_frontier(frontier: list[dict], path: Path) -> bool:
     return True
 
 
-def write_report(output_dir: Path, preset: dict, stages: dict, frontier: list[dict], machine: dict) -> str:
-    table = markdown_table(stages, frontier)
+def write_report(output_dir: Path, preset: dict, stages: dict, frontier: list[dict], machine: dict,
+                 comparisons: dict | None = None) -> str:
+    table = markdown_table(stages, frontier, comparisons)
     (output_dir / "results.json").write_text(json.dumps(
-        {"preset": preset, "machine": machine, "stages": stages, "frontier": frontier}, indent=2, default=str))
+        {"preset": preset, "machine": machine, "stages": stages, "comparisons": comparisons or {},
+         "frontier": frontier}, indent=2, default=str))
     (output_dir / "results.md").write_text(table)
     plot_frontier(frontier, output_dir / "frontier.png") if frontier else None
     return table

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .analysis import analyse
 from .presets import RecipePreset
 from .report import write_report
 from .stages import STAGES, Recipe
@@ -34,8 +35,11 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
         results[stage] = recipe.run_stage(stage)
         r = results[stage]
         print(f"[{stage}] R@1 {r['recall@1']:.4f}  R@3 {r['recall@3']:.4f}  NDCG@3 {r['ndcg@3']:.4f}  "
-              f"valid {r['valid_rate']:.3f}  n {r['n']}", flush=True)
+              f"valid {r['valid_rate']:.3f}  copies pre-ranker {r['copies_floor_rate']:.3f}  "
+              f"distinct texts {r['num_distinct_texts']}  n {r['n']}", flush=True)
+    comparisons = analyse(recipe.output_dir, {"test": recipe.test, "validation": recipe.data.validation})
+    comparisons["feature_ranker_fit"] = recipe.data.stats.get("feature_ranker")
     rows = recipe.frontier(stages[-1]) if frontier else []
-    table = write_report(recipe.output_dir, preset.to_dict(), results, rows, machine_info())
+    table = write_report(recipe.output_dir, preset.to_dict(), results, rows, machine_info(), comparisons)
     print(f"\n{table}\nresults in {recipe.output_dir} ({time.perf_counter() - start:.0f}s)", flush=True)
     return {"stages": results, "frontier": rows, "table": table}

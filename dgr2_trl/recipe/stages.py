@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from ..data import build_rerank_datasets, train_rerank_tokenizer
-from ..evaluation import evaluate_prerank_floor, evaluate_reranker
+from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..samplers import ARSampler, BlockDiffusionSampler
 from ..teachers import teacher_completion_dataset
@@ -49,6 +49,7 @@ def data_settings(preset: RecipePreset) -> dict:
     return dict(id_scheme=preset.id_scheme, history_length=preset.history_length,
                 max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
                 trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
+                target_order=preset.target_order, candidate_title_words=preset.candidate_title_words,
                 max_train_queries=preset.max_train_queries, seed=preset.seed)
 
 
@@ -124,33 +125,49 @@ class Recipe:
         return metrics
 
     def evaluate(self, model, block: bool, threshold: float | None = None, batch_size: int | None = None,
-                 max_queries: int | None = None, fallback: str | None = None) -> dict:
+                 max_queries: int | None = None, fallback: str | None = None, split: str = "test",
+                 rows_stage: str | None = None) -> dict:
+        """Decode `split`'s queries and score them; with `rows_stage`, each query's output goes to
+        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text)."""
         model = model.to(self.device).eval()
         if block:
             sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold,
                                             fallback=fallback or self.preset.eval_fallback)
         else:
             sampler = ARSampler(model, self.tokenizer)
-        return evaluate_reranker(sampler, self.test, max_new_tokens=self.preset.max_new_tokens,
-                                 batch_size=batch_size or self.preset.eval_batch_size, max_queries=max_queries)
+        dataset = {"test": self.test, "validation": self.data.validation}[split]
+        result = evaluate_reranker(sampler, dataset, max_new_tokens=self.preset.max_new_tokens,
+                                   batch_size=batch_size or self.preset.eval_batch_size, max_queries=max_queries,
+                                   return_rows=rows_stage is not None)
+        if rows_stage is not None:
+            rows = result.pop("rows")
+            columns = dataset.select_columns(["user_id", "candidates", "target"])
+            write_jsonl(self.stage_dir(rows_stage) / f"{split}_rows.jsonl", [
+                {"user_id": c["user_id"], "candidates": c["candidates"], "target": c["target"], "ranking": r["ranking"],
+                 "valid": r["valid"], "text": r["text"]} for c, r in zip(columns, rows)])
+        return result
 
     # ------------------------------------------------------------------------------------------------ stages
     def run_ar(self):
         p = self.preset
         model = self._fresh_model()
-        args = SFTConfig(**common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate), max_length=2048)
+        options = common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate)
+        options["per_device_train_batch_size"] = p.ar_batch_size
+        args = SFTConfig(**options, max_length=2048)
         trainer = SFTTrainer(model, args=args, train_dataset=self.data.train, processing_class=self.tokenizer)
         start = time.perf_counter()
         trainer.train()
         self.timings["ar"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return self.save("ar", model, self.evaluate(model, block=False))
+        metrics = self.evaluate(model, block=False, rows_stage="ar")
+        metrics["validation"] = self.evaluate(model, block=False, split="validation", rows_stage="ar")
+        return self.save("ar", model, metrics)
 
     def run_naive(self):
         model, _ = convert_to_block_diffusion(self.load("ar"), copy.deepcopy(self.tokenizer),
                                               block_size=self.preset.block_size)
         self.timings["naive"] = 0.0
-        return self.save("naive", model, self.evaluate(model, block=True))
+        return self.save("naive", model, self.evaluate(model, block=True, rows_stage="naive"))
 
     def run_cft(self):
         from ..trainers import DiffusionSFTConfig, DiffusionSFTTrainer
@@ -164,7 +181,7 @@ class Recipe:
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return self.save("cft", model, self.evaluate(model, block=True))
+        return self.save("cft", model, self.evaluate(model, block=True, rows_stage="cft"))
 
     def cft_dataset(self):
         """CFT's training rows: the data's completions, or the AR teacher's greedy answers (`cft_targets`)."""
@@ -192,7 +209,7 @@ class Recipe:
         trainer.train()
         self.timings["opd"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return self.save("opd", model, self.evaluate(model, block=True))
+        return self.save("opd", model, self.evaluate(model, block=True, rows_stage="opd"))
 
     def run_rl(self):
         from ..trainers.diffusion_grpo_config import DiffusionGRPOConfig
@@ -202,13 +219,15 @@ class Recipe:
         options = common_args(p, self.stage_dir("rl"), p.rl_steps, p.rl_learning_rate)
         options["per_device_train_batch_size"] = p.rl_prompts_per_step * p.rl_num_generations
         args = DiffusionGRPOConfig(**options, **rollout_args(p), num_generations=p.rl_num_generations, temperature=1.0)
-        trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=self.data.train,
+        # the rank-promotion reward is 0 for every answer when the true item is not among the candidates
+        rows = self.data.train.filter(lambda row: row["target_in_candidates"])
+        trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=rows if len(rows) else self.data.train,
                                        processing_class=self.tokenizer)
         start = time.perf_counter()
         trainer.train()
         self.timings["rl"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return self.save("rl", model, self.evaluate(model, block=True))
+        return self.save("rl", model, self.evaluate(model, block=True, rows_stage="rl"))
 
     def run_stage(self, stage: str) -> dict:
         if self.done(stage):

@@ -1,0 +1,126 @@
+"""Evidence features, their levels, the feature ranker, the evidence prompt and trace."""
+
+import numpy as np
+import pytest
+
+from dgr2_trl.data import build_rerank_datasets, load_amazon_beauty
+from dgr2_trl.data.evidence import FEATURES, EvidenceModel, evidence_tokens
+from dgr2_trl.data.feature_ranker import FeatureRanker, out_of_fold_scores
+from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, evidence_string
+from dgr2_trl.recipe.analysis import trace_agreement, trace_of
+from dgr2_trl.rewards import parse_ranking
+
+TITLES = {i: t for i, t in enumerate([
+    "Acme Rose Lip Balm", "Acme Rose Hand Cream", "Brio Nail Polish Red", "Brio Nail Polish Blue",
+    "Cara Shampoo Mint", "Cara Conditioner Mint", "Dove Soap Bar", "Elan Eye Liner", "Elan Eye Shadow",
+    "Fizz Bath Bomb", "Gala Face Mask", "Hale Sun Cream"])}
+SEQUENCES = [[0, 1, 2, 3, 4, 5], [2, 3, 7, 8, 0, 1], [4, 5, 6, 9, 10, 11], [7, 8, 2, 3, 1, 0], [9, 10, 11, 4, 5, 6]]
+
+
+def test_features_never_see_a_training_querys_own_answer():
+    """Statistics are fitted without each prefix's last item (the target of that user's training query): changing
+    that item changes none of the features of that query."""
+    changed = [list(s) for s in SEQUENCES]
+    changed[1][-1] = 11
+    history, candidates, scores = SEQUENCES[1][:-1], [1, 6, 9], [0.5, 0.4, 0.1]
+    a = EvidenceModel(svd_rank=3).fit(SEQUENCES, TITLES).features(history, candidates, scores)
+    b = EvidenceModel(svd_rank=3).fit(changed, TITLES).features(history, candidates, scores)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, len(FEATURES))
+
+
+def test_features_read_the_history():
+    model = EvidenceModel(svd_rank=3).fit(SEQUENCES, TITLES)
+    f = model.features([2, 3], [7, 11], [1.0, 0.5])
+    cooc, title, brand = (FEATURES.index(k) for k in ("cooc", "title", "brand"))
+    assert f[0, cooc] > 0 and f[1, cooc] == 0  # 7 follows 2, 3 in two sequences; 11 never near them
+    assert f[0, FEATURES.index("score")] == 1.0 and f[1, FEATURES.index("score")] == 0.5
+    g = model.features([0], [1, 6], [1.0, 1.0])  # "Acme Rose ..." shares the brand and "rose" with item 1 only
+    assert g[0, title] > 0 and g[1, title] == 0 and g[0, brand] > 0 and g[1, brand] == 0
+
+
+def test_levels_keep_zero_apart_and_are_monotone():
+    rng = np.random.default_rng(0)
+    x = rng.exponential(size=(2000, len(FEATURES)))
+    x[:500, 1] = 0.0  # a feature that is often exactly 0
+    model = EvidenceModel(num_levels=8).fit_levels(x)
+    levels = model.levels(x)
+    assert levels.min() == 0 and levels.max() == 7
+    assert (levels[:500, 1] == 0).all() and (levels[500:, 1] >= 1).all()
+    for f in range(len(FEATURES)):
+        order = np.argsort(x[:, f])
+        assert (np.diff(levels[order, f]) >= 0).all()
+
+
+def test_feature_ranker_learns_a_rule_and_out_of_fold_scores_ignore_their_own_target():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5, len(FEATURES)))
+    targets = x[..., 1].argmax(axis=1)
+    ranker = FeatureRanker(epochs=60).fit(x[:300], targets[:300])
+    assert (ranker.rank(x[300:])[:, 0] == targets[300:]).mean() > 0.9
+    scores = out_of_fold_scores(x, targets, folds=4, epochs=5)
+    flipped = targets.copy()
+    flipped[7] = (targets[7] + 1) % 5
+    again = out_of_fold_scores(x, flipped, folds=4, epochs=5)
+    np.testing.assert_array_equal(scores[7], again[7])  # query 7's model never saw query 7
+    assert not np.array_equal(scores, again)
+
+
+def test_evidence_prompt_and_trace_come_from_the_prompt_only():
+    candidates = ["[1]", "[2]", "[3]"]
+    evidence = [[7, 0, 0, 1, 0, 3], [5, 6, 4, 0, 7, 2], [2, 3, 0, 0, 0, 1]]
+    prompt = build_prompt(["11", "12"], candidates, {"11": "Acme Rose Balm", "12": "Brio Nail"}, 2, "evidence",
+                          evidence=evidence)[0]["content"]
+    assert "[2] <s5><c6><t4><v0><b7><p2>" in prompt and "11 Acme Rose..." in prompt
+    trace = build_evidence_trace(candidates, evidence)
+    # most related first ([2]: 6+4+7), its two strongest relation levels; [1] has only the svd level 1
+    assert trace == "Related: [2]<b7><c6>;[3]<c3>;[1]<v1>."
+    # the trace never depends on the answer: two rankings, the same trace line
+    a = build_completion([], ["[1]", "[2]", "[3]"], {}, "evidence", candidates, evidence=evidence)[0]["content"]
+    b = build_completion([], ["[3]", "[1]", "[2]"], {}, "evidence", candidates, evidence=evidence)[0]["content"]
+    assert trace_of(a) == trace_of(b) == trace and a != b
+    assert parse_ranking(b, candidates).ranking == ["[3]", "[1]", "[2]"]
+    assert b.endswith('{"ranking":["[3]","[1]","[2]"]}')
+    # other evidence, another trace
+    assert build_evidence_trace(candidates, [[7, 5, 0, 0, 0, 0], *evidence[1:]]) != trace
+    assert build_evidence_trace(candidates, [[0] * 6] * 3) == "Related: none."
+    with pytest.raises(ValueError, match="6 evidence levels"):
+        evidence_string([1, 2])
+
+
+def test_trace_agreement_counts_exact_traces():
+    class Rows(dict):
+        column_names = ["candidates", "evidence"]
+
+    data = Rows(candidates=[["[1]", "[2]"]] * 2, evidence=[[[0, 5, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]] * 2)
+    right = "Related: [1]<c5>.\n{}"
+    stats = trace_agreement([{"text": right}, {"text": "Related: [2]<c5>.\n{}"}], data)
+    assert stats == {"num_distinct_traces": 2, "n": 2, "agreement": 0.5}
+
+
+@pytest.fixture(scope="module")
+def evidence_data():
+    return build_rerank_datasets(
+        load_amazon_beauty(), id_scheme="slot", prompt_style="evidence", trace_style="evidence",
+        target_order="feature_ranker", insert_target_fraction=0.0, history_length=3, max_title_words=2,
+        max_train_queries=6000, max_eval_queries=300, seed=0)
+
+
+def test_evidence_datasets_on_beauty(evidence_data):
+    d = evidence_data
+    assert set(evidence_tokens()) <= set(d.special_tokens)
+    stats = d.stats["feature_ranker"]
+    assert stats["num_fit_queries"] == sum(d.train["target_in_candidates"]) > 300
+    assert d.stats["train"]["num_inserted"] == 0
+    for split in (d.train, d.test):
+        for row in split.select(range(100)):
+            cands = row["candidates"]
+            assert sorted(row["ranker_ranking"]) == sorted(cands)
+            text = row["completion"][0]["content"]
+            assert trace_of(text) == build_evidence_trace(cands, row["evidence"])
+            ranking = parse_ranking(text, cands).ranking
+            rest = [c for c in row["ranker_ranking"] if c != row["target"]]
+            assert ranking == ([row["target"]] + rest if row["target_in_candidates"] else row["ranker_ranking"])
+            assert all(f"{c} {evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"]))
+    # the trace depends on the prompt: it varies across queries
+    assert len({trace_of(r["completion"][0]["content"]) for r in d.test}) > 250

@@ -1,0 +1,193 @@
+"""Tests for dgr2_trl.evaluation.compare: per-query metrics, paired bootstrap, Kendall tau, seed summaries, JSONL."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dgr2_trl.evaluation.compare import (
+    METRIC_KEYS,
+    aggregate_seeds,
+    compare_rankings,
+    kendall_tau,
+    paired_bootstrap,
+    per_query_metrics,
+    read_jsonl,
+    write_jsonl,
+)
+
+ITEMS = ["a", "b", "c", "d", "e", "f"]
+
+
+def test_per_query_metrics_hand_computed():
+    # target at rank 0, 2 and 4 of the same 6-item list
+    m = per_query_metrics([ITEMS, ITEMS, ITEMS], ["a", "c", "e"])
+    assert tuple(m) == METRIC_KEYS
+    expected = {
+        "recall@1": [1.0, 0.0, 0.0],
+        "recall@3": [1.0, 1.0, 0.0],
+        "recall@5": [1.0, 1.0, 1.0],
+        "ndcg@3": [1.0, 0.5, 0.0],
+        "ndcg@5": [1.0, 0.5, 1.0 / math.log2(6)],
+    }
+    for key, values in expected.items():
+        assert m[key].dtype == np.float64
+        assert m[key].shape == (3,)
+        np.testing.assert_allclose(m[key], values, rtol=0, atol=1e-12)
+
+
+def test_per_query_metrics_target_missing_or_last():
+    m = per_query_metrics([ITEMS, ITEMS], ["f", "zzz"])
+    for key in METRIC_KEYS:
+        assert m[key].tolist() == [0.0, 0.0]
+
+
+def test_per_query_metrics_length_mismatch_names_both_lengths():
+    with pytest.raises(ValueError, match=r"2.*3"):
+        per_query_metrics([ITEMS, ITEMS], ["a", "b", "c"])
+
+
+def test_paired_bootstrap_identical_inputs():
+    a = np.random.default_rng(3).random(200)
+    res = paired_bootstrap(a, a.copy(), num_samples=2_000)
+    assert res == {"diff": 0.0, "low": 0.0, "high": 0.0, "n": 200}
+
+
+def test_paired_bootstrap_constant_shift():
+    b = np.random.default_rng(4).random(300)
+    res = paired_bootstrap(b + 0.1, b, num_samples=2_000)
+    assert res["n"] == 300
+    assert res["diff"] == pytest.approx(0.1, abs=1e-12)
+    assert res["low"] <= 0.1 + 1e-12 and res["high"] >= 0.1 - 1e-12
+    assert res["high"] - res["low"] < 1e-12
+
+
+def test_paired_bootstrap_noisy_difference():
+    rng = np.random.default_rng(5)
+    n = 2_000
+    b = rng.random(n)
+    a = b + 0.05 + rng.normal(0.0, 0.3, n)
+    res = paired_bootstrap(a, b, num_samples=4_000, seed=7)
+    assert res["diff"] == pytest.approx(float(np.mean(a - b)), abs=1e-12)
+    assert res["low"] < res["diff"] < res["high"]
+    assert res["low"] < 0.05 < res["high"]
+    # standard error is 0.3 / sqrt(2000) ~ 0.0067, so a 95% interval is ~0.026 wide
+    assert 0.015 < res["high"] - res["low"] < 0.04
+    assert paired_bootstrap(a, b, num_samples=4_000, seed=7) == res
+    other = paired_bootstrap(a, b, num_samples=4_000, seed=8)
+    assert other["diff"] == res["diff"]
+    assert (other["low"], other["high"]) != (res["low"], res["high"])
+    wider = paired_bootstrap(a, b, num_samples=4_000, seed=7, confidence=0.99)
+    assert wider["low"] < res["low"] and wider["high"] > res["high"]
+
+
+def test_paired_bootstrap_chunking_matches_single_chunk(monkeypatch):
+    # chunk boundaries (incl. a partial last chunk) must neither drop nor repeat samples: same seed, same result
+    import dgr2_trl.evaluation.compare as compare
+
+    rng = np.random.default_rng(6)
+    a, b = rng.random(50), rng.random(50)
+    big = paired_bootstrap(a, b, num_samples=500, seed=1)
+    monkeypatch.setattr(compare, "_BOOTSTRAP_CHUNK_CELLS", 50 * 7)  # 7 samples per chunk, last chunk partial
+    small = paired_bootstrap(a, b, num_samples=500, seed=1)
+    assert small == big
+
+
+def test_paired_bootstrap_errors():
+    with pytest.raises(ValueError, match=r"3.*2"):
+        paired_bootstrap([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])
+
+
+def test_kendall_tau():
+    x = ["a", "b", "c", "d"]
+    assert kendall_tau(x, list(x)) == 1.0
+    assert kendall_tau(x, x[::-1]) == -1.0
+    assert kendall_tau(x, ["a", "c", "b", "d"]) == pytest.approx(1 - 2 * 1 / 6, abs=1e-12)
+    # symmetric, and two discordant pairs out of three
+    assert kendall_tau(["a", "b", "c"], ["b", "c", "a"]) == pytest.approx(1 - 2 * 2 / 3, abs=1e-12)
+    assert kendall_tau(["b", "c", "a"], ["a", "b", "c"]) == pytest.approx(1 - 2 * 2 / 3, abs=1e-12)
+    assert kendall_tau(["a"], ["a"]) == 1.0
+    assert kendall_tau([], []) == 1.0
+
+
+def test_kendall_tau_rejects_non_permutations():
+    with pytest.raises(ValueError):
+        kendall_tau(["a", "b", "c"], ["a", "b", "d"])
+    with pytest.raises(ValueError):
+        kendall_tau(["a", "b"], ["a", "b", "c"])
+    with pytest.raises(ValueError):
+        kendall_tau(["a", "a", "b"], ["a", "b", "b"])
+
+
+def test_compare_rankings_hand_made():
+    ref = ["a", "b", "c"]
+    rankings = [["a", "b", "c"], ["b", "a", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    reference = [ref, ref, ref, ref]
+    targets = ["a", "b", "c", "c"]
+    out = compare_rankings(rankings, reference, targets, num_samples=1_000)
+    assert out["n"] == 4
+    assert out["identical_rate"] == 0.5
+    assert out["mean_kendall_tau"] == pytest.approx((1 + 1 / 3 - 1 + 1) / 4, abs=1e-12)
+    # recall@1: queries 2 and 3 gain 1, the others tie
+    assert out["recall@1"]["diff"] == 0.5
+    assert 0.0 <= out["recall@1"]["low"] <= 0.5 <= out["recall@1"]["high"] <= 1.0
+    # every target is in the top 3 of both lists
+    assert out["recall@3"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    assert out["recall@5"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    # ndcg@3: query 2 gains 1 - 1/log2(3), query 3 gains 1 - 1/2
+    expected = ((1 - 1 / math.log2(3)) + 0.5) / 4
+    assert out["ndcg@3"]["diff"] == pytest.approx(expected, abs=1e-12)
+    assert out["ndcg@5"]["diff"] == pytest.approx(expected, abs=1e-12)
+    assert set(out) == set(METRIC_KEYS) | {"identical_rate", "mean_kendall_tau", "n"}
+
+
+def test_compare_rankings_length_mismatch():
+    with pytest.raises(ValueError):
+        compare_rankings([["a", "b"]], [["a", "b"], ["b", "a"]], ["a"])
+
+
+def test_aggregate_seeds_against_numpy():
+    results = [
+        {"recall@1": 0.37, "ndcg@3": 0.50, "n": 100, "name": "s0", "valid": {"rate": 1.0}, "only_here": 1.0},
+        {"recall@1": 0.41, "ndcg@3": 0.52, "n": 100, "name": "s1", "valid": {"rate": 0.9}},
+        {"recall@1": 0.35, "ndcg@3": 0.47, "n": 100, "name": "s2", "valid": {"rate": 0.8}},
+    ]
+    out = aggregate_seeds(results)
+    assert set(out) == {"recall@1", "ndcg@3", "n"}
+    r1 = np.array([0.37, 0.41, 0.35])
+    assert out["recall@1"]["mean"] == pytest.approx(r1.mean(), abs=1e-12)
+    assert out["recall@1"]["std"] == pytest.approx(r1.std(ddof=1), abs=1e-12)
+    assert out["recall@1"]["min"] == 0.35
+    assert out["recall@1"]["max"] == 0.41
+    assert out["recall@1"]["n_seeds"] == 3
+    assert out["n"] == {"mean": 100.0, "std": 0.0, "min": 100.0, "max": 100.0, "n_seeds": 3}
+    assert set(aggregate_seeds(results, keys=["ndcg@3", "name", "missing"])) == {"ndcg@3"}
+
+
+def test_aggregate_seeds_single_seed_and_empty():
+    out = aggregate_seeds([{"recall@1": 0.4, "flag": True}])
+    assert out == {"recall@1": {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4, "n_seeds": 1}}
+    assert aggregate_seeds([]) == {}
+
+
+def test_jsonl_round_trip(tmp_path):
+    rows = [
+        {"query": "café — 東京 🚀", "ranking": ["ä", "b"], "score": 0.25},
+        {"query": "plain", "ranking": [], "score": np.float64(0.5), "n": np.int64(3)},
+    ]
+    path = tmp_path / "nested" / "dir" / "out.jsonl"
+    write_jsonl(path, rows)
+    raw = path.read_bytes().decode("utf-8")
+    assert raw.count("\n") == 2
+    assert "東京" in raw  # written as UTF-8, not \u escapes
+    assert [json.loads(line) for line in raw.splitlines()] == read_jsonl(path)
+    back = read_jsonl(str(path))
+    assert back == [
+        {"query": "café — 東京 🚀", "ranking": ["ä", "b"], "score": 0.25},
+        {"query": "plain", "ranking": [], "score": 0.5, "n": 3},
+    ]
