@@ -5,8 +5,8 @@ import pytest
 
 from dgr2_trl.data import build_rerank_datasets, load_amazon_beauty
 from dgr2_trl.data.evidence import FEATURES, EvidenceModel, evidence_tokens
-from dgr2_trl.data.feature_ranker import FeatureRanker, out_of_fold_scores
-from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, evidence_string
+from dgr2_trl.data.feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
+from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, build_score_trace, evidence_string
 from dgr2_trl.recipe.analysis import trace_agreement, trace_of
 from dgr2_trl.rewards import parse_ranking
 
@@ -98,16 +98,44 @@ def test_trace_agreement_counts_exact_traces():
     assert stats == {"num_distinct_traces": 2, "n": 2, "agreement": 0.5}
 
 
-@pytest.fixture(scope="module")
-def evidence_data():
-    return build_rerank_datasets(
-        load_amazon_beauty(), id_scheme="slot", prompt_style="evidence", trace_style="evidence",
-        target_order="feature_ranker", insert_target_fraction=0.0, history_length=3, max_title_words=2,
-        max_train_queries=6000, max_eval_queries=300, seed=0)
+def test_level_scorer_is_a_sum_of_token_weights():
+    rng = np.random.default_rng(1)
+    levels = rng.integers(0, 8, size=(300, 4, len(FEATURES)))
+    targets = levels[..., 2].argmax(axis=1)  # the true item has the highest level of feature 2
+    scorer = LevelScorer(epochs=100).fit(levels, targets)
+    manual = np.array([[sum(scorer.weights[f, lv[f]] for f in range(len(FEATURES))) + scorer.position_weights[k]
+                        for k, lv in enumerate(q)] for q in levels[:5]])
+    np.testing.assert_allclose(scorer.scores(levels[:5]), manual, rtol=0, atol=1e-12)
+    assert (scorer.scores(levels).argmax(1) == targets).mean() > 0.8
+    assert scorer.weights[2, 7] > scorer.weights[2, 0]
+    score_levels = scorer.score_levels(levels)
+    assert score_levels.min() == 0 and score_levels.max() == scorer.num_score_levels - 1
+    assert set(scorer.strongest_feature(levels).ravel()) <= set(range(1, len(FEATURES)))  # never the score itself
+    assert order_by_score_levels([3, 9, 3, 9]) == [1, 3, 0, 2]  # highest first, ties in prompt order
+
+
+def test_score_trace_format():
+    assert build_score_trace(["[1]", "[2]"], [4, 9], ["<t6>", "<c2>"]) == "Scores: [1]<r4><t6>;[2]<r9><c2>."
+    with pytest.raises(ValueError):
+        build_score_trace(["[1]"], [4, 9], ["<t6>"])
+
+
+CONFIGS = {
+    "feature_ranker": dict(trace_style="evidence", target_order="feature_ranker"),
+    "evidence_score": dict(trace_style="scores", target_order="evidence_score"),  # the default preset's
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def evidence_data(request):
+    return request.param, build_rerank_datasets(
+        load_amazon_beauty(), id_scheme="slot", prompt_style="evidence", insert_target_fraction=0.0,
+        history_length=3, max_title_words=2, promote_top=3, max_train_queries=6000, max_eval_queries=300, seed=0,
+        **CONFIGS[request.param])
 
 
 def test_evidence_datasets_on_beauty(evidence_data):
-    d = evidence_data
+    config, d = evidence_data
     assert set(evidence_tokens()) <= set(d.special_tokens)
     stats = d.stats["feature_ranker"]
     assert stats["num_fit_queries"] == sum(d.train["target_in_candidates"]) > 300
@@ -117,10 +145,18 @@ def test_evidence_datasets_on_beauty(evidence_data):
             cands = row["candidates"]
             assert sorted(row["ranker_ranking"]) == sorted(cands)
             text = row["completion"][0]["content"]
-            assert trace_of(text) == build_evidence_trace(cands, row["evidence"])
             ranking = parse_ranking(text, cands).ranking
-            rest = [c for c in row["ranker_ranking"] if c != row["target"]]
-            assert ranking == ([row["target"]] + rest if row["target_in_candidates"] else row["ranker_ranking"])
+            if config == "feature_ranker":
+                assert trace_of(text) == build_evidence_trace(cands, row["evidence"])
+                rest = [c for c in row["ranker_ranking"] if c != row["target"]]
+                order = [row["target"]] + rest if row["target_in_candidates"] else row["ranker_ranking"]
+            else:  # the answer reads the trace's scores off: it never depends on the true item
+                assert trace_of(text) == build_score_trace(cands, row["score_levels"], row["score_evidence"])
+                order = [cands[k] for k in order_by_score_levels(row["score_levels"])]
+            # three promoted, the rest in prompt order
+            assert ranking == order[:3] + [c for c in cands if c not in order[:3]]
             assert all(f"{c} {evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"]))
     # the trace depends on the prompt: it varies across queries
     assert len({trace_of(r["completion"][0]["content"]) for r in d.test}) > 250
+    if config == "evidence_score":
+        assert d.stats["evidence_score_metrics"]["validation"]["n"] == len(d.validation)

@@ -191,3 +191,26 @@ def test_jsonl_round_trip(tmp_path):
         {"query": "café — 東京 🚀", "ranking": ["ä", "b"], "score": 0.25},
         {"query": "plain", "ranking": [], "score": 0.5, "n": 3},
     ]
+
+
+def test_recipe_seed_aggregation(tmp_path):
+    import json
+
+    from dgr2_trl.recipe.seeds import aggregate_runs, markdown
+
+    dirs = []
+    for seed, r3 in ((0, 0.60), (1, 0.64)):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        teacher = {"recall@3": {"diff": r3 - 0.5, "low": 0.0, "high": 0.2}, "identical_rate": 0.1, "n": 10}
+        results = {"preset": {"seed": seed},
+                   "stages": {"floor": {"recall@3": 0.5}, "ar": {"recall@3": r3, "valid_rate": 1.0}},
+                   "comparisons": {"teacher_vs_floor": {"test": teacher}, "vs_teacher": {}}}
+        (d / "results.json").write_text(json.dumps(results))
+        dirs.append(d)
+    summary = aggregate_runs(dirs)
+    assert summary["seeds"] == [0, 1]
+    ar = summary["stages"]["ar"]["recall@3"]
+    assert abs(ar["mean"] - 0.62) < 1e-12 and abs(ar["std"] - np.std([0.60, 0.64], ddof=1)) < 1e-12
+    assert abs(summary["teacher_vs_floor"]["test"]["recall@3"]["mean"] - 0.12) < 1e-12
+    assert "| AR teacher |" in markdown(summary) and "0.6200 ± 0.0283" in markdown(summary)

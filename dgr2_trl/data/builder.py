@@ -19,8 +19,9 @@ from datasets import Dataset
 
 from .item_ids import ItemIdentifiers, make_item_ids
 from .loading import SequenceData, load_amazon_beauty, load_sequence_data
-from .evidence import EvidenceModel, evidence_tokens
-from .feature_ranker import FeatureRanker, out_of_fold_scores
+from .evidence import FEATURES, EvidenceModel, evidence_tokens
+from .prompts import EVIDENCE_LETTERS
+from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
 from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
 from .prompts import PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
 from .split import Query, leave_one_out_split, training_queries
@@ -28,7 +29,7 @@ from .split import Query, leave_one_out_split, training_queries
 logger = logging.getLogger(__name__)
 
 INSERT_POSITIONS = ("empirical", "last", "uniform")
-TARGET_ORDERS = ("preranker", "feature_ranker")
+TARGET_ORDERS = ("preranker", "feature_ranker", "evidence_score")
 
 
 @dataclass
@@ -60,6 +61,7 @@ def _row(
     query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
     max_title_words: int = 12, slot_ids: bool = False, prompt_style: str = "full", trace_style: str = "full",
     evidence: list[list[int]] | None = None, ranker_order: list[int] | None = None, candidate_title_words: int = 0,
+    promote_top: int | None = None, scores: list[tuple[int, str]] | None = None, true_first: bool = True,
 ) -> dict:
     """One query. With `slot_ids`, candidates are named by their slot `[1]`..`[k]` in this prompt (RankGPT-style
     identifiers: copying a slot label is far easier for a small model than copying an item id). `evidence` holds
@@ -75,13 +77,18 @@ def _row(
     hist_ids = [ids.id_of[i] for i in query.history[-history_length:]] if history_length > 0 else []
     in_cands = query.target in candidates
     pre_rank = candidates.index(query.target) if in_cands else -1
-    # target ranking: true item first, the rest in pre-ranker order (or the feature ranker's)
+    # target ranking: true item first, the rest in pre-ranker order (or the feature ranker's; with `promote_top`
+    # only the first `promote_top` come from it, the rest keep the pre-ranker order)
     order = [cand_ids[k] for k in ranker_order] if ranker_order is not None else cand_ids
-    ranking = [target_id] + [c for c in order if c != target_id] if in_cands else order
+    ranking = [target_id] + [c for c in order if c != target_id] if in_cands and true_first else order
+    if promote_top is not None:
+        head = ranking[:promote_top]
+        ranking = head + [c for c in cand_ids if c not in head]
     row = {
         "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words, style=prompt_style, evidence=evidence,
                                candidate_title_words=candidate_title_words),
-        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence),
+        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence,
+                                       scores),
         "candidates": cand_ids,
         "target": target_id,
         "pre_rank": pre_rank,
@@ -94,12 +101,14 @@ def _row(
     }
     if evidence is not None:
         row["evidence"] = [list(map(int, levels)) for levels in evidence]
-    if ranker_order is not None:
-        row["ranker_ranking"] = [cand_ids[k] for k in ranker_order]
+    if scores is not None:
+        row["score_levels"] = [int(r) for r, _ in scores]
+        row["score_evidence"] = [t for _, t in scores]
     return row
 
 
-def _feature_ranker_orders(features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs):
+def _feature_ranker_orders(features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs,
+                           out_of_fold: bool = True):
     """Candidate orders (indices, best first) from a `FeatureRanker` fitted on the natural hits among the training
     queries (true item found by the pre-ranker, not inserted: an inserted item's score gives it away), out of fold
     for those queries; plus the anchor's metrics on the evaluation splits."""
@@ -111,8 +120,9 @@ def _feature_ranker_orders(features, train_queries, train_cands, train_inserted,
                          f"found (not inserted); got {int(natural.sum())}")
     ranker = FeatureRanker(seed=seed, **ranker_kwargs).fit(train_x[natural], targets[natural])
     scores = ranker.scores(train_x)
-    scores[natural] = out_of_fold_scores(train_x[natural], targets[natural], folds=min(5, int(natural.sum())),
-                                         seed=seed, **ranker_kwargs)
+    if out_of_fold:
+        scores[natural] = out_of_fold_scores(train_x[natural], targets[natural], folds=min(5, int(natural.sum())),
+                                             seed=seed, **ranker_kwargs)
     orders = {"train": [list(map(int, o)) for o in np.argsort(-scores, axis=1, kind="stable")]}
     stats = {"num_fit_queries": int(natural.sum())}
     for name, triples in eval_pairs.items():
@@ -152,6 +162,7 @@ def build_rerank_datasets(
     trace_style: str = "full",
     target_order: str = "preranker",
     candidate_title_words: int = 0,
+    promote_top: int | None = None,
     ranker_kwargs: dict | None = None,
     seed: int = 0,
 ) -> RerankData:
@@ -177,8 +188,15 @@ def build_rerank_datasets(
             prompt order) or `feature_ranker` (a `FeatureRanker` on the evidence features, fitted on the training
             queries whose true item the pre-ranker found; those queries get out-of-fold orders). Training queries
             whose true item is not among the candidates then learn the feature ranker's whole order (listwise
-            distillation of a stronger ranker).
+            distillation of a stronger ranker). `evidence_score`: every target ranking (true item or not) is the
+            order of a `LevelScorer`'s score levels (a sum of one weight per level token of the prompt, fitted on
+            those same natural hits), which the `scores` trace writes out: the answer is a function of the
+            prompt, computed through the trace.
         candidate_title_words: title words after each candidate's evidence in the `evidence` prompt (0: none).
+        promote_top: with it, the target ranking is its first `promote_top` ids (true item first, then the order
+            above) followed by the other candidates in pre-ranker order: R@k and NDCG@k for k <= promote_top are
+            those of the whole target order, and the rest of the answer is a copy of the prompt's order (which a
+            small model learns to write validly far sooner than an arbitrary permutation).
         ranker_kwargs: `FeatureRanker` settings.
         keep_all_eval_queries: keep validation/test queries whose true item is not among the candidates (by
             default they are dropped: the paper evaluates on queries with the true item in the top-k).
@@ -273,7 +291,7 @@ def build_rerank_datasets(
 
     # --- evidence and the feature ranker --------------------------------------------------------------------
     evidence = {name: None for name in ("train", "validation", "test")}
-    orders = dict(evidence)
+    orders, anchor, score_rows = dict(evidence), dict(evidence), dict(evidence)
     if use_evidence:
         features = {"train": [evidence_model.features(q.history, c, sc["cands"]) for q, c, sc in
                               zip(train_queries, train_cands, train_cand_scores)]}
@@ -281,18 +299,48 @@ def build_rerank_datasets(
             features[name] = [evidence_model.features(q.history, r, sc) for q, r, sc in triples]
         evidence_model.fit_levels(np.concatenate(features["train"]) if features["train"] else np.zeros((1, 6)))
         evidence = {name: [evidence_model.levels(f) for f in fs] for name, fs in features.items()}
+        anchor, stats["feature_ranker"] = _feature_ranker_orders(
+            features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs or {},
+            out_of_fold=target_order == "feature_ranker")
         if target_order == "feature_ranker":
-            orders, stats["feature_ranker"] = _feature_ranker_orders(
-                features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs or {})
+            orders = anchor
+        elif target_order == "evidence_score":
+            natural = [q.target in c and not ins for q, c, ins in zip(train_queries, train_cands, train_inserted)]
+            fit = np.stack([lv for lv, ok in zip(evidence["train"], natural) if ok])
+            targets = np.array([c.index(q.target) for q, c, ok in zip(train_queries, train_cands, natural) if ok])
+            scorer = LevelScorer(num_levels=evidence_model.num_levels, seed=seed).fit(fit, targets)
+            score_rows = {}
+            for name, levels in evidence.items():
+                stacked = np.stack(levels) if levels else np.zeros((0, num_candidates, len(FEATURES)), dtype=np.int64)
+                score_levels, strongest = scorer.score_levels(stacked), scorer.strongest_feature(stacked)
+                score_rows[name] = [[(int(r), f"<{EVIDENCE_LETTERS[f]}{int(lv[f])}>") for r, f, lv in zip(rs, fs, lvs)]
+                                    for rs, fs, lvs in zip(score_levels, strongest, stacked)]
+                orders[name] = [order_by_score_levels(rs) for rs in score_levels]
+            for name, triples in eval_pairs.items():
+                rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders[name])]
+                truth = [q.target for q, _, _ in triples]
+                m3 = ranking_metrics(rankings, truth, k=3)
+                stats.setdefault("evidence_score_metrics", {})[name] = {
+                    "recall@1": ranking_metrics(rankings, truth, k=1)["hr@1"], "recall@3": m3["hr@3"],
+                    "ndcg@3": m3["ndcg@3"], "n": m3["n"]}
+            stats["evidence_score"] = {"weights": scorer.weights.round(4).tolist(),
+                                       "position_weights": scorer.position_weights.round(4).tolist(),
+                                       "num_fit_queries": int(len(fit))}
 
     def rows(name, queries, cand_lists, inserted_flags):
-        return [_row(q, c, ids, titles_by_id, history_length, ins, max_title_words, slot_ids, prompt_style, trace_style,
-                     None if evidence[name] is None else evidence[name][k],
-                     None if orders[name] is None else orders[name][k], candidate_title_words)
-                for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))]
+        out = [_row(q, c, ids, titles_by_id, history_length, ins, max_title_words, slot_ids, prompt_style, trace_style,
+                    None if evidence[name] is None else evidence[name][k],
+                    None if orders[name] is None else orders[name][k], candidate_title_words, promote_top,
+                    None if score_rows[name] is None else score_rows[name][k], target_order != "evidence_score")
+               for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))]
+        if anchor[name] is not None:  # the feature ranker's whole order: the feature-based anchor
+            for row, order in zip(out, anchor[name]):
+                row["ranker_ranking"] = [row["candidates"][k] for k in order]
+        return out
 
     train_rows = rows("train", train_queries, train_cands, train_inserted)
-    eval_sets = {name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples], [False] * len(triples)))
+    eval_sets = {name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples],
+                                              [False] * len(triples)))
                  for name, triples in eval_pairs.items()}
     for name in ("train", "validation", "test"):
         s = stats[name]
@@ -305,7 +353,8 @@ def build_rerank_datasets(
         train=Dataset.from_list(train_rows),
         validation=eval_sets["validation"],
         test=eval_sets["test"],
-        item_ids=dataclasses.replace(ids, special_tokens=[*ids.special_tokens, *evidence_tokens()]) if use_evidence else ids,
+        item_ids=(dataclasses.replace(ids, special_tokens=[*ids.special_tokens, *evidence_tokens()]) if use_evidence
+                  else ids),
         preranker=preranker,
         titles=dict(data.titles),
         stats=stats,

@@ -74,7 +74,8 @@ class FeatureRanker:
         return np.argsort(-self.scores(features), axis=-1, kind="stable")
 
 
-def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: int = 5, seed: int = 0, **kwargs) -> np.ndarray:
+def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: int = 5, seed: int = 0,
+                       **kwargs) -> np.ndarray:
     """Scores for every query from a `FeatureRanker` fitted on the other folds (queries split at random)."""
     n = len(features)
     fold_of = np.random.default_rng(seed).permutation(n) % folds
@@ -84,3 +85,75 @@ def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: int = 5
         ranker = FeatureRanker(seed=seed + f, **kwargs).fit(features[~held], targets[~held])
         out[held] = ranker.scores(features[held])
     return out
+
+
+@dataclass
+class LevelScorer:
+    """A linear listwise scorer over what the evidence prompt shows: one weight per (feature, level) token plus one
+    per pre-ranker position, fitted like `FeatureRanker`. Its score is a sum of per-token weights, so an LM that
+    reads the level tokens can compute it exactly; `score_levels` cuts it into `num_score_levels` training
+    quantiles, the `<rK>` tokens of the `scores` trace."""
+
+    num_levels: int = 8
+    num_score_levels: int = 10
+    epochs: int = 300
+    learning_rate: float = 0.05
+    seed: int = 0
+    weights: np.ndarray = field(default=None, init=False, repr=False)  # (features, levels)
+    position_weights: np.ndarray = field(default=None, init=False, repr=False)
+    edges: np.ndarray = field(default=None, init=False, repr=False)
+
+    def _onehot(self, levels: np.ndarray) -> torch.Tensor:
+        levels = np.asarray(levels, dtype=np.int64)
+        q, k, f = levels.shape
+        x = np.zeros((q, k, f * self.num_levels + k), dtype=np.float32)
+        index = levels + np.arange(f) * self.num_levels
+        np.put_along_axis(x, index, 1.0, axis=-1)
+        x[:, :, f * self.num_levels:] = np.eye(k, dtype=np.float32)
+        return torch.from_numpy(x)
+
+    def fit(self, levels: np.ndarray, targets: np.ndarray) -> LevelScorer:
+        levels = np.asarray(levels)
+        x, y = self._onehot(levels), torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            linear = torch.nn.Linear(x.shape[-1], 1, bias=False)
+        optimiser = torch.optim.Adam(linear.parameters(), lr=self.learning_rate)
+        for _ in range(self.epochs):
+            loss = torch.nn.functional.cross_entropy(linear(x).squeeze(-1), y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        w = linear.weight.detach().double().numpy()[0]
+        f = levels.shape[-1]
+        self.weights = w[: f * self.num_levels].reshape(f, self.num_levels)
+        self.position_weights = w[f * self.num_levels:]
+        scores = self.scores(levels).ravel()
+        self.edges = np.quantile(scores, np.linspace(0, 1, self.num_score_levels + 1)[1:-1])
+        return self
+
+    def scores(self, levels: np.ndarray) -> np.ndarray:
+        """(queries, candidates) sums of token weights (positions beyond the fitted ones get the last weight)."""
+        if self.weights is None:
+            raise RuntimeError("LevelScorer.fit(...) must be called before scores(...)")
+        levels = np.asarray(levels, dtype=np.int64)
+        token = self.weights[np.arange(levels.shape[-1]), levels].sum(-1)
+        k = levels.shape[-2]
+        position = self.position_weights[np.minimum(np.arange(k), len(self.position_weights) - 1)]
+        return token + position
+
+    def score_levels(self, levels: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.edges, self.scores(levels), side="right")
+
+    def strongest_feature(self, levels: np.ndarray) -> np.ndarray:
+        """Per candidate, the feature beyond the retriever's score (feature 0) whose level token adds the most to
+        its score (over that feature's lowest level): the evidence the `scores` trace names."""
+        levels = np.asarray(levels, dtype=np.int64)
+        gain = self.weights[np.arange(levels.shape[-1]), levels] - self.weights.min(axis=1)
+        gain[..., 0] = -np.inf
+        return gain.argmax(-1)
+
+
+def order_by_score_levels(score_levels) -> list[int]:
+    """Candidate indices by score level, highest first, ties in prompt order."""
+    return sorted(range(len(score_levels)), key=lambda k: (-int(score_levels[k]), k))

@@ -46,7 +46,7 @@ def content_words(title: str) -> list[str]:
 
 
 PROMPT_STYLES = ("full", "compact", "evidence")
-TRACE_STYLES = ("full", "short", "ids", "evidence")
+TRACE_STYLES = ("full", "short", "ids", "evidence", "scores")
 # level tokens per candidate line, in this order (see dgr2_trl.data.evidence.FEATURES)
 EVIDENCE_FEATURES = ("score", "cooc", "title", "svd", "brand", "pop")
 EVIDENCE_LETTERS = "sctvbp"
@@ -207,19 +207,36 @@ def build_evidence_trace(
     return "Related: " + (";".join(entry for *_, entry in scored[:max_listed]) or "none") + "."
 
 
+def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[int]) -> str:
+    """Each candidate's evidence score in prompt order, with the evidence that adds most to it:
+    `Scores: [1]<r5><s7>;[2]<r8><t6>;...`. `score_levels` (0-9, the `<rK>` tokens) and `strongest` (the
+    candidate's own level token of that evidence, e.g. `<s7>`) come from a `LevelScorer`: a sum of one
+    weight per level token of the prompt, so the trace is a function of the prompt alone. The answer then ranks by
+    these scores, so writing the trace is the work and the answer reads it off."""
+    if not len(candidates) == len(score_levels) == len(strongest):
+        raise ValueError(f"got {len(candidates)} candidates, {len(score_levels)} scores, {len(strongest)} features")
+    return "Scores: " + ";".join(f"{c}<r{int(r)}>{t}" for c, r, t in zip(candidates, score_levels, strongest)) + "."
+
+
 def build_completion(
     history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str], trace_style: str = "full",
     candidates: Sequence[str] | None = None, max_title_words: int = 12,
-    evidence: Sequence[Sequence[int]] | None = None,
+    evidence: Sequence[Sequence[int]] | None = None, scores: Sequence[tuple[int, str]] | None = None,
 ) -> list[dict[str, str]]:
     """The assistant message: reasoning trace, then the JSON answer on its own last line.
 
     `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`);
     `"ids"` the same without the shared title words; `"evidence"` uses `build_evidence_trace` (needs
-    `candidates` and their `evidence` levels)."""
+    `candidates` and their `evidence` levels); `"scores"` uses `build_score_trace` (needs `candidates` and
+    `scores`: per candidate its score level and the token of its strongest evidence)."""
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
-    if trace_style == "evidence":
+    if trace_style == "scores":
+        if scores is None or candidates is None:
+            raise ValueError("trace style 'scores' needs the prompt's candidates and their (score level, strongest "
+                             "evidence token) pairs")
+        trace = build_score_trace(candidates, [r for r, _ in scores], [t for _, t in scores])
+    elif trace_style == "evidence":
         if evidence is None or candidates is None:
             raise ValueError("trace style 'evidence' needs the prompt's candidates and their evidence levels")
         trace = build_evidence_trace(candidates, evidence)
@@ -228,4 +245,5 @@ def build_completion(
                                   max_title_words, with_words=trace_style == "short")
     else:
         trace = build_trace(history, ranking, titles)
-    return [{"role": "assistant", "content": trace + "\n" + format_answer(ranking, compact=trace_style == "evidence")}]
+    answer = format_answer(ranking, compact=trace_style in ("evidence", "scores"))
+    return [{"role": "assistant", "content": trace + "\n" + answer}]

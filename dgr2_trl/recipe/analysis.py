@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.prompts import build_evidence_trace
+from ..data.prompts import build_evidence_trace, build_score_trace
 from ..evaluation import compare_rankings, per_query_metrics, read_jsonl
 
 DIFFUSION_STAGES = ("naive", "cft", "opd", "rl")
@@ -22,12 +22,19 @@ def trace_of(text: str) -> str:
 
 
 def trace_agreement(rows: list[dict], dataset) -> dict:
-    """Share of outputs whose trace equals `build_evidence_trace` of the prompt, and the number of distinct
-    traces (None where the dataset has no `evidence` column)."""
+    """Share of outputs whose trace equals the one computed from the prompt (`build_score_trace` where the
+    dataset has `score_levels`, else `build_evidence_trace` where it has `evidence`), and the number of distinct
+    traces."""
     traces = [trace_of(r["text"]) for r in rows]
     out = {"num_distinct_traces": len(set(traces)), "n": len(rows)}
-    if "evidence" in dataset.column_names:
+    names = dataset.column_names
+    expected = None
+    if "score_levels" in names:
+        expected = [build_score_trace(c, r, t) for c, r, t in
+                    zip(dataset["candidates"], dataset["score_levels"], dataset["score_evidence"])]
+    elif "evidence" in names:
         expected = [build_evidence_trace(c, e) for c, e in zip(dataset["candidates"], dataset["evidence"])]
+    if expected is not None:
         out["agreement"] = sum(t == e for t, e in zip(traces, expected)) / max(len(rows), 1)
     return out
 

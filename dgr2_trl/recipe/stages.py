@@ -27,12 +27,15 @@ logger = logging.getLogger(__name__)
 STAGES = ("ar", "naive", "cft", "opd", "rl")
 
 
-def common_args(preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float) -> dict:
+def common_args(preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float,
+                cpu_bf16: bool = False) -> dict:
+    """TRL arguments shared by the stages; `cpu_bf16` trains under bf16 autocast on a CPU as well."""
     on_gpu = torch.cuda.is_available()
     return dict(
         output_dir=str(stage_dir), max_steps=steps, learning_rate=learning_rate, per_device_train_batch_size=preset.batch_size,
         lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10), logging_steps=max(1, min(10, steps // 10)),
-        save_strategy="no", report_to="none", seed=preset.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        save_strategy="no", report_to="none", seed=preset.seed,
+        bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and cpu_bf16),
         use_cpu=not on_gpu, gradient_checkpointing=False, dataloader_num_workers=0,
     )
 
@@ -50,6 +53,7 @@ def data_settings(preset: RecipePreset) -> dict:
                 max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
                 trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
                 target_order=preset.target_order, candidate_title_words=preset.candidate_title_words,
+                promote_top=preset.promote_top,
                 max_train_queries=preset.max_train_queries, seed=preset.seed)
 
 
@@ -151,7 +155,7 @@ class Recipe:
     def run_ar(self):
         p = self.preset
         model = self._fresh_model()
-        options = common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate)
+        options = common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate, cpu_bf16=p.bf16_on_cpu)
         options["per_device_train_batch_size"] = p.ar_batch_size
         args = SFTConfig(**options, max_length=2048)
         trainer = SFTTrainer(model, args=args, train_dataset=self.data.train, processing_class=self.tokenizer)
@@ -173,7 +177,8 @@ class Recipe:
         from ..trainers import DiffusionSFTConfig, DiffusionSFTTrainer
 
         p = self.preset
-        args = DiffusionSFTConfig(**common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate),
+        args = DiffusionSFTConfig(**common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate,
+                                              cpu_bf16=p.bf16_on_cpu),
                                   block_size=p.block_size, max_length=2048, valid_rate_num_prompts=0)
         start = time.perf_counter()
         trainer = DiffusionSFTTrainer(self.load("naive"), args=args, train_dataset=self.cft_dataset(),
