@@ -116,6 +116,9 @@ def test_level_scorer_is_a_sum_of_token_weights():
 
 def test_score_trace_format():
     assert build_score_trace(["[1]", "[2]"], [4, 9], ["<t6>", "<c2>"]) == "Scores: [1]<r4><t6>;[2]<r9><c2>."
+    assert build_score_trace(["[1]", "[2]"], [4, 9], ["<t6>", "<c2>"], num_best=2).endswith(" Best: <r9>[2]<r4>[1].")
+    trace = build_score_trace(["[1]", "[2]", "[3]", "[4]"], [7, 7, 2, 9], ["<t6>", "<c2>", "<b1>", "<v3>"], num_best=3)
+    assert trace.endswith("Best: <r9>[4]<r7>[1][2].")  # highest first, ties in prompt order, three of them
     with pytest.raises(ValueError):
         build_score_trace(["[1]"], [4, 9], ["<t6>"])
 

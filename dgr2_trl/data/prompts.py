@@ -78,6 +78,7 @@ def build_prompt(
         if evidence is None or len(evidence) != len(candidates):
             raise ValueError("prompt style 'evidence' needs one row of evidence levels per candidate")
         lines = ["History:"] + [f"{i} {shorten_title(titles.get(i, ''), max_title_words)}" for i in history]
+        lines = lines if history else []  # the evidence summarises the history; showing it is optional
         lines.append("Candidates:")
         for c, levels in zip(candidates, evidence):
             title = f" {shorten_title(titles.get(c, ''), candidate_title_words)}" if candidate_title_words > 0 else ""
@@ -207,15 +208,28 @@ def build_evidence_trace(
     return "Related: " + (";".join(entry for *_, entry in scored[:max_listed]) or "none") + "."
 
 
-def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[int]) -> str:
-    """Each candidate's evidence score in prompt order, with the evidence that adds most to it:
-    `Scores: [1]<r5><s7>;[2]<r8><t6>;...`. `score_levels` (0-9, the `<rK>` tokens) and `strongest` (the
-    candidate's own level token of that evidence, e.g. `<s7>`) come from a `LevelScorer`: a sum of one
-    weight per level token of the prompt, so the trace is a function of the prompt alone. The answer then ranks by
-    these scores, so writing the trace is the work and the answer reads it off."""
+def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[str],
+                      num_best: int = 0) -> str:
+    """Each candidate's evidence score in prompt order, with the evidence that adds most to it, then the best
+    `num_best` grouped by score level: `Scores: [1]<r5><s7>;[2]<r8><t6>;...;[10]<r2><c3>. Best: <r8>[2][7]<r6>[1].`
+
+    `score_levels` (0-9, the `<rK>` tokens) and `strongest` (the candidate's own level token of that evidence,
+    e.g. `<t6>`) come from a `LevelScorer`: a sum of one weight per level token of the prompt, so the trace is a
+    function of the prompt alone. Each step is a lookup a small model learns: the score of one candidate line,
+    then the candidates holding the highest written score, in order (ties in prompt order), and the answer copies
+    the `Best` ids first. `num_best=0` (the default) leaves the `Best` part out: with it, 500 AR steps of the
+    1.2M-parameter default teacher wrote valid answers on 6% of test prompts (duplicated ids), without it on 97%
+    (though its answer's top 3 matched its own scores only half of the time)."""
     if not len(candidates) == len(score_levels) == len(strongest):
         raise ValueError(f"got {len(candidates)} candidates, {len(score_levels)} scores, {len(strongest)} features")
-    return "Scores: " + ";".join(f"{c}<r{int(r)}>{t}" for c, r, t in zip(candidates, score_levels, strongest)) + "."
+    scores = ";".join(f"{c}<r{int(r)}>{t}" for c, r, t in zip(candidates, score_levels, strongest))
+    best, level = [], None
+    for k in sorted(range(len(candidates)), key=lambda k: (-int(score_levels[k]), k))[:num_best]:
+        if score_levels[k] != level:
+            level = score_levels[k]
+            best.append(f"<r{int(level)}>")
+        best.append(candidates[k])
+    return f"Scores: {scores}." + (f" Best: {''.join(best)}." if best else "")
 
 
 def build_completion(
