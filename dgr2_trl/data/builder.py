@@ -20,10 +20,9 @@ from datasets import Dataset
 from .item_ids import ItemIdentifiers, make_item_ids
 from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .evidence import FEATURES, EvidenceModel, evidence_tokens
-from .prompts import EVIDENCE_LETTERS
 from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
 from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
-from .prompts import PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
+from .prompts import EVIDENCE_LETTERS, PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
 from .split import Query, leave_one_out_split, training_queries
 
 logger = logging.getLogger(__name__)
@@ -128,11 +127,17 @@ def _feature_ranker_orders(features, train_queries, train_cands, train_inserted,
     for name, triples in eval_pairs.items():
         order = ranker.rank(np.stack(features[name])) if triples else np.zeros((0, 0), dtype=np.int64)
         orders[name] = [list(map(int, o)) for o in order]
-        rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders[name])]
-        m = ranking_metrics(rankings, [q.target for q, _, _ in triples], k=3)
-        stats[name] = {"recall@1": ranking_metrics(rankings, [q.target for q, _, _ in triples], k=1)["hr@1"],
-                       "recall@3": m["hr@3"], "ndcg@3": m["ndcg@3"], "n": m["n"]}
+        stats[name] = _order_metrics(triples, orders[name])
     return orders, stats
+
+
+def _order_metrics(triples, orders) -> dict:
+    """R@1, R@3, NDCG@3 and n of candidate orders (indices, best first) on evaluation (query, candidates, _)."""
+    rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders)]
+    truth = [q.target for q, _, _ in triples]
+    m = ranking_metrics(rankings, truth, k=3)
+    return {"recall@1": ranking_metrics(rankings, truth, k=1)["hr@1"], "recall@3": m["hr@3"], "ndcg@3": m["ndcg@3"],
+            "n": m["n"]}
 
 
 def _sample(items: list, limit: int | None, rng: random.Random) -> list:
@@ -316,13 +321,8 @@ def build_rerank_datasets(
                 score_rows[name] = [[(int(r), f"<{EVIDENCE_LETTERS[f]}{int(lv[f])}>") for r, f, lv in zip(rs, fs, lvs)]
                                     for rs, fs, lvs in zip(score_levels, strongest, stacked)]
                 orders[name] = [order_by_score_levels(rs) for rs in score_levels]
-            for name, triples in eval_pairs.items():
-                rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders[name])]
-                truth = [q.target for q, _, _ in triples]
-                m3 = ranking_metrics(rankings, truth, k=3)
-                stats.setdefault("evidence_score_metrics", {})[name] = {
-                    "recall@1": ranking_metrics(rankings, truth, k=1)["hr@1"], "recall@3": m3["hr@3"],
-                    "ndcg@3": m3["ndcg@3"], "n": m3["n"]}
+            stats["evidence_score_metrics"] = {name: _order_metrics(triples, orders[name])
+                                               for name, triples in eval_pairs.items()}
             stats["evidence_score"] = {"weights": scorer.weights.round(4).tolist(),
                                        "position_weights": scorer.position_weights.round(4).tolist(),
                                        "num_fit_queries": int(len(fit))}
