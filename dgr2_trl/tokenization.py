@@ -8,7 +8,8 @@ everywhere (TRL relies on it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, PreTrainedTokenizerFast
@@ -24,6 +25,17 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def _pieces_between(texts: Iterable[str], tokens: Sequence[str]) -> Iterator[str]:
+    """The text an added token leaves around it: what the BPE sees at encoding time, so it learns merges such as
+    `","` between two item tokens instead of ones across them that can never apply."""
+    if not tokens:
+        yield from texts
+        return
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+    for text in texts:
+        yield from (piece for piece in pattern.split(text) if piece)
 
 
 def train_chat_tokenizer(
@@ -51,7 +63,7 @@ def train_chat_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(texts, trainer=trainer)
+    core.train_from_iterator(_pieces_between(texts, extra_special_tokens), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token=IM_END,

@@ -6,7 +6,7 @@ import pytest
 from dgr2_trl.data import build_rerank_datasets, load_amazon_beauty
 from dgr2_trl.data.evidence import FEATURES, EvidenceModel, evidence_tokens
 from dgr2_trl.data.feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
-from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, build_score_trace, evidence_string
+from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, build_score_trace, evidence_string, score_level_tokens
 from dgr2_trl.recipe.analysis import trace_agreement, trace_of
 from dgr2_trl.rewards import parse_ranking
 
@@ -71,7 +71,7 @@ def test_evidence_prompt_and_trace_come_from_the_prompt_only():
     evidence = [[7, 0, 0, 1, 0, 3], [5, 6, 4, 0, 7, 2], [2, 3, 0, 0, 0, 1]]
     prompt = build_prompt(["11", "12"], candidates, {"11": "Acme Rose Balm", "12": "Brio Nail"}, 2, "evidence",
                           evidence=evidence)[0]["content"]
-    assert "[2] <s5><c6><t4><v0><b7><p2>" in prompt and "11 Acme Rose..." in prompt
+    assert "[2]<s5><c6><t4><v0><b7><p2>" in prompt and "11 Acme Rose..." in prompt
     trace = build_evidence_trace(candidates, evidence)
     # most related first ([2]: 6+4+7), its two strongest relation levels; [1] has only the svd level 1
     assert trace == "Related: [2]<b7><c6>;[3]<c3>;[1]<v1>."
@@ -140,6 +140,7 @@ def evidence_data(request):
 def test_evidence_datasets_on_beauty(evidence_data):
     config, d = evidence_data
     assert set(evidence_tokens()) <= set(d.special_tokens)
+    assert (set(score_level_tokens()) <= set(d.special_tokens)) == (config == "evidence_score")
     stats = d.stats["feature_ranker"]
     assert stats["num_fit_queries"] == sum(d.train["target_in_candidates"]) > 300
     assert d.stats["train"]["num_inserted"] == 0
@@ -158,7 +159,7 @@ def test_evidence_datasets_on_beauty(evidence_data):
                 order = [cands[k] for k in order_by_score_levels(row["score_levels"])]
             # three promoted, the rest in prompt order
             assert ranking == order[:3] + [c for c in cands if c not in order[:3]]
-            assert all(f"{c} {evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"]))
+            assert all(f"{c}{evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"]))
     # the trace depends on the prompt: it varies across queries
     assert len({trace_of(r["completion"][0]["content"]) for r in d.test}) > 250
     if config == "evidence_score":

@@ -76,3 +76,13 @@ def test_tokenizer_keeps_each_id_token_whole(beauty_ids):
     sample = ids.id_of[1] + " OPI"
     pieces = tok.convert_ids_to_tokens(tok(sample)["input_ids"])
     assert pieces[:4] == re.findall(r"<[a-d]_\d+>", ids.id_of[1])
+
+
+def test_tokenizer_learns_the_text_between_added_tokens():
+    # the BPE is trained on what the added tokens leave, so the separator of an answer written in item tokens is
+    # one learnt token; trained across the tokens it would learn merges such as `]","[` that can never apply
+    answer = '{"ranking":["[3]","[1]","[2]"]}'
+    tok = train_chat_tokenizer([answer] * 50, vocab_size=300, extra_special_tokens=["[1]", "[2]", "[3]"])
+    pieces = tok.convert_ids_to_tokens(tok(answer)["input_ids"])
+    assert pieces.count('","') == 2 and pieces[3:8] == ["[3]", '","', "[1]", '","', "[2]"]
+    assert tok.decode(tok(answer)["input_ids"]) == answer

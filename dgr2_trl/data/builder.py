@@ -22,7 +22,7 @@ from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .evidence import FEATURES, EvidenceModel, evidence_tokens
 from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
 from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
-from .prompts import EVIDENCE_LETTERS, PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt
+from .prompts import EVIDENCE_LETTERS, PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt, score_level_tokens
 from .split import Query, leave_one_out_split, training_queries
 
 logger = logging.getLogger(__name__)
@@ -353,8 +353,9 @@ def build_rerank_datasets(
         train=Dataset.from_list(train_rows),
         validation=eval_sets["validation"],
         test=eval_sets["test"],
-        item_ids=(dataclasses.replace(ids, special_tokens=[*ids.special_tokens, *evidence_tokens()]) if use_evidence
-                  else ids),
+        item_ids=dataclasses.replace(ids, special_tokens=[
+            *ids.special_tokens, *(evidence_tokens() if use_evidence else ()),
+            *(score_level_tokens() if trace_style == "scores" else ())]),
         preranker=preranker,
         titles=dict(data.titles),
         stats=stats,

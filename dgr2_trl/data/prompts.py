@@ -82,7 +82,8 @@ def build_prompt(
         lines.append("Candidates:")
         for c, levels in zip(candidates, evidence):
             title = f" {shorten_title(titles.get(c, ''), candidate_title_words)}" if candidate_title_words > 0 else ""
-            lines.append(f"{c} {evidence_string(levels)}{title}")
+            # no space after the id: the level tokens are added tokens, so a space would be one more token per line
+            lines.append(f"{c}{evidence_string(levels)}{title}")
         lines += ['Reason, then answer {"ranking":[...]}.']
         return [{"role": "user", "content": "\n".join(lines)}]
     if style == "compact":
@@ -206,6 +207,11 @@ def build_evidence_trace(
             scored.append((-total, position, f"{candidate}{tokens}"))
     scored.sort()
     return "Related: " + (";".join(entry for *_, entry in scored[:max_listed]) or "none") + "."
+
+
+def score_level_tokens(num_score_levels: int = 10) -> list[str]:
+    """The `scores` trace's level tokens `<r0>`..`<r9>` (to register with a tokenizer: one id each, not four)."""
+    return [f"<r{level}>" for level in range(num_score_levels)]
 
 
 def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[str],

@@ -70,11 +70,14 @@ def analyse(output_dir: str | Path, datasets: dict, stages=("ar", *DIFFUSION_STA
     teacher = rows.get(("ar", "test"))
     for stage in stages:
         stage_rows = rows.get((stage, "test"))
-        if stage_rows is None or test is None or len(stage_rows) != len(test):
+        if stage_rows is None or test is None or len(stage_rows) > len(test):
             continue
-        out["traces"][stage] = trace_agreement(stage_rows, test)
-        out["traces"][stage]["distinct_text_rate"] = len({r["text"] for r in stage_rows}) / max(len(stage_rows), 1)
-        if stage != "ar" and teacher is not None:
+        # a stage scored on the first n test users (the naive conversion) is compared on those users
+        n = len(stage_rows)
+        users = test.select(range(n))
+        out["traces"][stage] = trace_agreement(stage_rows, users)
+        out["traces"][stage]["distinct_text_rate"] = len({r["text"] for r in stage_rows}) / max(n, 1)
+        if stage != "ar" and teacher is not None and len(teacher) >= n:
             out["vs_teacher"][stage] = compare_rankings([r["ranking"] for r in stage_rows],
-                                                        [r["ranking"] for r in teacher], list(test["target"]))
+                                                        [r["ranking"] for r in teacher[:n]], list(users["target"]))
     return out

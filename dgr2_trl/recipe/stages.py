@@ -171,7 +171,8 @@ class Recipe:
         model, _ = convert_to_block_diffusion(self.load("ar"), copy.deepcopy(self.tokenizer),
                                               block_size=self.preset.block_size)
         self.timings["naive"] = 0.0
-        return self.save("naive", model, self.evaluate(model, block=True, rows_stage="naive"))
+        return self.save("naive", model, self.evaluate(model, block=True, rows_stage="naive",
+                                                       max_queries=self.preset.naive_eval_queries))
 
     def run_cft(self):
         from ..trainers import DiffusionSFTConfig, DiffusionSFTTrainer
