@@ -98,6 +98,7 @@ def convert_to_block_diffusion(model, tokenizer, block_size: int = 32, mask_toke
     The weights are unchanged; the embedding matrix is resized only when the mask token is new and does not fit in
     the existing rows. Block settings are stored in `model.config.block_diffusion` so `save_pretrained` /
     `from_pretrained` restore them. Converting a converted model again only updates its block size.
+    `model.generate` then decodes blocks with `BlockDiffusionSampler`'s steps (see `dgr2_trl.samplers.hf_generate`).
     """
     block_size = _check_block_size(block_size)
     check_custom_mask_support(model)
@@ -111,4 +112,7 @@ def convert_to_block_diffusion(model, tokenizer, block_size: int = 32, mask_toke
             weight[mask_token_id] = weight[:mask_token_id].mean(0)
     settings = BlockDiffusionSettings(block_size=block_size, mask_token_id=mask_token_id, mask_token=mask_token)
     setattr(model.config, CONFIG_KEY, asdict(settings))
+    from ..samplers.hf_generate import install_block_generate  # samplers import this module
+
+    install_block_generate(model)  # model.generate decodes blocks; save_pretrained keeps it so
     return model, tokenizer

@@ -19,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 from ..data import build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
+from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..samplers import ARSampler, BlockDiffusionSampler
 from ..teachers import teacher_completion_dataset
 from .presets import RecipePreset
@@ -83,19 +84,11 @@ class Recipe:
         if self.preset.model_name_or_path is None:
             tokenizer = train_rerank_tokenizer(self.data, vocab_size=self.preset.tokenizer_vocab_size)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(self._pretrained_dir(), gguf_file=self.preset.gguf_file)
+            tokenizer = load_tokenizer(self.preset.model_name_or_path, gguf_file=self.preset.gguf_file)
             tokenizer.add_tokens(self.data.special_tokens)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(path)
         return tokenizer
-
-    def _pretrained_dir(self) -> str:
-        if self.preset.model_name_or_path == "smollm2":
-            from .smollm2 import smollm2_location
-
-            directory, self.preset.gguf_file = smollm2_location()
-            return directory
-        return self.preset.model_name_or_path
 
     def _fresh_model(self):
         p = self.preset
@@ -105,8 +98,7 @@ class Recipe:
                 num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=4 * p.hidden_size,
                 seed=p.seed, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             )
-        model = AutoModelForCausalLM.from_pretrained(self._pretrained_dir(), gguf_file=p.gguf_file,
-                                                     attn_implementation="sdpa")
+        model = load_causal_lm(p.model_name_or_path, gguf_file=p.gguf_file)
         model.resize_token_embeddings(len(self.tokenizer) + 1)
         return model
 

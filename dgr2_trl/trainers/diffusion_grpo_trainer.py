@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
 from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs
+from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from ..rewards import default_rl_reward, parse_ranking
 from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
@@ -68,8 +68,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if not isinstance(args, DiffusionGRPOConfig):
             raise TypeError(f"args must be a DiffusionGRPOConfig, got {type(args).__name__}")
         if isinstance(model, str):
-            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            init_kwargs = dict(args.model_init_kwargs or {})
+            processing_class = processing_class or load_tokenizer(model, gguf_file=init_kwargs.get("gguf_file"))
+            model = load_causal_lm(model, **init_kwargs)
+        else:
+            model = make_dense(model)  # a GGUF-loaded model keeps a quantizer marker that blocks training
         if processing_class is None:
             raise ValueError("processing_class (the tokenizer) is required when model is not a path")
         settings = get_block_diffusion_settings(model)

@@ -15,13 +15,14 @@ import math
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.modeling_outputs import CausalLMOutput
 from trl import SFTConfig, SFTTrainer
 
 from ..modeling.conversion import DEFAULT_MASK_TOKEN, convert_to_block_diffusion, get_block_diffusion_settings
 from ..modeling.loss import masked_diffusion_loss
 from ..modeling.noise import BlockNoise
+from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
 from .distributed import generation_model, through_wrapper
@@ -114,10 +115,13 @@ class DiffusionSFTTrainer(SFTTrainer):
         args = self._coerce_args(args, model)
         if isinstance(model, str):
             model_path = model
-            model = AutoModelForCausalLM.from_pretrained(model_path, **(args.model_init_kwargs or {}))
+            init_kwargs = dict(args.model_init_kwargs or {})
+            model = load_causal_lm(model_path, **init_kwargs)
             args.model_init_kwargs = None  # consumed here (SFTTrainer would warn about it)
             if processing_class is None:
-                processing_class = AutoTokenizer.from_pretrained(model_path)
+                processing_class = load_tokenizer(model_path, gguf_file=init_kwargs.get("gguf_file"))
+        else:
+            model = make_dense(model)  # a GGUF-loaded model keeps a quantizer marker that blocks training
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if train_dataset is None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from trl import DistillationTrainer
 
 from ..modeling.conversion import get_block_diffusion_settings
+from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..rewards.parsing import parse_ranking
 from ..samplers.block_diffusion import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
@@ -110,14 +111,10 @@ class OnPolicyDistillTrainer(DistillationTrainer):
         teacher_tokenizer = None
         if isinstance(teacher_model, str):
             kwargs = dict(args.teacher_model_init_kwargs or {})
-            dtype = kwargs.pop("dtype", "float32")
-            kwargs["dtype"] = dtype if dtype == "auto" or not isinstance(dtype, str) else getattr(torch, dtype)
             path = teacher_model
-            teacher_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            teacher_model = load_causal_lm(path, **kwargs)
             try:
-                from transformers import AutoTokenizer
-
-                teacher_tokenizer = AutoTokenizer.from_pretrained(path)
+                teacher_tokenizer = load_tokenizer(path, gguf_file=kwargs.get("gguf_file"))
             except (OSError, ValueError):
                 teacher_tokenizer = None  # a model saved without its tokenizer: only the vocabulary size is checked
         if get_block_diffusion_settings(teacher_model) is not None:
