@@ -78,3 +78,19 @@ def test_what_it_cannot_honour_is_refused(tokenizer):
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, pad_token_id=0, **kwargs)
     with pytest.raises(ValueError, match="nothing to generate"):
         model.generate(input_ids=ids, attention_mask=mask, max_length=ids.shape[1], pad_token_id=0)
+
+
+def test_trainer_model_card_shows_the_sampler_not_pipeline(tmp_path):
+    from trl.trainer.utils import generate_model_card
+
+    from dgr2_trl.trainers.model_card import rewrite_quick_start
+
+    card = generate_model_card(base_model=None, model_name="m", hub_model_id="me/m", dataset_name=None, tags=[],
+                               wandb_url=None, trackio_url=None, trainer_name="DiffusionSFT")
+    path = tmp_path / "README.md"
+    card.save(str(path))
+    assert 'pipeline("text-generation"' in path.read_text()
+    rewrite_quick_start(str(path), "me/m")
+    text = path.read_text()
+    assert "pipeline(" not in text and "BlockDiffusionSampler(model, tokenizer" in text
+    assert '"me/m"' in text and "## Training procedure" in text  # the rest of TRL's card is kept

@@ -208,3 +208,43 @@ def test_unconverted_model_and_bad_prompts_are_refused(tokenizer):
         BlockDiffusionSampler(model, tok).generate(["ok", 3.5], max_new_tokens=4)
     with pytest.raises(ValueError, match="max_new_tokens"):
         ARSampler(model, tok).generate(["ok"], max_new_tokens=0)
+
+
+def test_a_backend_that_ignores_4d_masks_is_refused_after_conversion(tokenizer):
+    """A converted model switched to an attention backend that ignores custom 4D masks (FlashAttention-2 is the
+    usual one; here a wrapper that drops the mask) would decode causally: the sampler re-probes and refuses."""
+    model, tok = make_converted(tokenizer)
+    BlockDiffusionSampler(model, tok)  # sdpa honours the mask
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def causal_only(module, query, key, value, attention_mask, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+
+    AttentionInterface.register("causal_only_test", causal_only)
+    model.set_attn_implementation("causal_only_test")
+    with pytest.raises(ValueError, match="ignores a custom 4D attention mask"):
+        BlockDiffusionSampler(model, tok)
+    model.set_attn_implementation("sdpa")
+    BlockDiffusionSampler(model, tok)
+
+
+def test_sampler_arguments_and_prompts_it_cannot_read_are_refused(tokenizer):
+    model, tok = make_converted(tokenizer)
+    for kwargs, message in ((dict(threshold=1.5), "threshold"), (dict(threshold=float("nan")), "threshold"),
+                            (dict(block_size=0), "block_size"), (dict(max_steps_per_block=0), "max_steps_per_block"),
+                            (dict(max_steps_per_block=-1), "max_steps_per_block")):
+        with pytest.raises(ValueError, match=message):
+            BlockDiffusionSampler(model, tok, **kwargs)
+    sampler = BlockDiffusionSampler(model, tok)
+    with pytest.raises(ValueError, match="threshold"):
+        sampler.generate(["ok"], max_new_tokens=4, threshold=-0.1)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    for decoder in (sampler, ARSampler(model, tok)):
+        with pytest.raises(ValueError, match=f"prompt 1 holds token id {vocab}"):
+            decoder.generate([[1, 2], [3, vocab]], max_new_tokens=4)
+        limit = model.config.max_position_embeddings
+        with pytest.raises(ValueError, match="max_position_embeddings"):
+            decoder.generate([[1] * (limit - 2)], max_new_tokens=4)
+    with pytest.warns(UserWarning, match="no end-of-sequence token"):
+        BlockDiffusionSampler(model, tok, eos_token_id=[])

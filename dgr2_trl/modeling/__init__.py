@@ -4,6 +4,7 @@ from .conversion import (
     BlockDiffusionSettings,
     check_custom_mask_support,
     convert_to_block_diffusion,
+    ensure_custom_mask_support,
     get_block_diffusion_settings,
 )
 from .forward import decoder_hidden_states, forward_logits, log_probs_without_mask
@@ -31,6 +32,7 @@ __all__ = [
     "build_training_layout",
     "check_custom_mask_support",
     "convert_to_block_diffusion",
+    "ensure_custom_mask_support",
     "decoder_hidden_states",
     "forward_logits",
     "get_block_diffusion_settings",

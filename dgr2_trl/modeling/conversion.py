@@ -92,6 +92,17 @@ def check_custom_mask_support(model) -> None:
         )
 
 
+def ensure_custom_mask_support(model) -> None:
+    """`check_custom_mask_support`, once per model and attention implementation: samplers and trainers call it on
+    every model they receive, so a converted checkpoint loaded with (or switched to) a backend that ignores 4D
+    masks fails loudly instead of decoding and training causally."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if model.__dict__.get("_dgr2_mask_checked_for", object()) == implementation:
+        return
+    check_custom_mask_support(model)
+    model.__dict__["_dgr2_mask_checked_for"] = implementation
+
+
 def convert_to_block_diffusion(model, tokenizer, block_size: int = 32, mask_token: str = DEFAULT_MASK_TOKEN):
     """Turn an AR causal LM into a block-diffusion LM and return `(model, tokenizer)`.
 
@@ -101,7 +112,7 @@ def convert_to_block_diffusion(model, tokenizer, block_size: int = 32, mask_toke
     `model.generate` then decodes blocks with `BlockDiffusionSampler`'s steps (see `dgr2_trl.samplers.hf_generate`).
     """
     block_size = _check_block_size(block_size)
-    check_custom_mask_support(model)
+    ensure_custom_mask_support(model)
     mask_token_id, _ = _mask_token_id(tokenizer, mask_token)
     embeddings = model.get_input_embeddings()
     if mask_token_id >= embeddings.weight.shape[0]:

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from ..modeling.conversion import get_block_diffusion_settings
 from ..modeling.forward import _cache_kwarg, log_probs_without_mask
 from ..modeling.masks import position_ids_from_mask
-from .common import cut_at_eos, encode_prompts, eos_ids, sample_tokens
+from .common import check_prompt_ids, cut_at_eos, encode_prompts, eos_ids, sample_tokens, warn_without_eos
 from .output import GenerationOutput
 
 
@@ -25,6 +25,7 @@ class ARSampler:
         self.model = model
         self.tokenizer = tokenizer
         self.eos = eos_ids(tokenizer, eos_token_id)
+        warn_without_eos(self.eos)
         settings = get_block_diffusion_settings(model)
         self.mask_token_id = settings.mask_token_id if settings else None
 
@@ -54,6 +55,7 @@ class ARSampler:
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, device)
+        check_prompt_ids(self.model, input_ids, attention_mask, max_new_tokens)
         batch = input_ids.shape[0]
         tokens = [[] for _ in range(batch)]
         logprobs = [[] for _ in range(batch)]

@@ -8,10 +8,19 @@ import time
 import torch
 from transformers import DynamicCache
 
-from ..modeling.conversion import get_block_diffusion_settings
+from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
 from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
 from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
-from .common import cut_at_eos, encode_prompts, eos_ids, sample_tokens
+from .common import (
+    check_prompt_ids,
+    check_steps_per_block,
+    check_threshold,
+    cut_at_eos,
+    encode_prompts,
+    eos_ids,
+    sample_tokens,
+    warn_without_eos,
+)
 from .output import GenerationOutput
 
 
@@ -69,18 +78,23 @@ class BlockDiffusionSampler:
                 "the model is not a block-diffusion model; convert it first with "
                 "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
             )
+        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
+                                       or block_size < 1):
+            raise ValueError(f"block_size must be None (the model's {settings.block_size}) or an integer >= 1, "
+                             f"got {block_size!r}")
+        # a converted model moved to an attention backend that ignores 4D masks would decode causally
+        ensure_custom_mask_support(model)
         self.model = model
         self.tokenizer = tokenizer
         self.block_size = block_size or settings.block_size
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         self.mask_token_id = settings.mask_token_id
-        self.threshold = threshold
+        self.threshold = check_threshold(threshold)
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.fallback = fallback
-        self.max_steps_per_block = max_steps_per_block
+        self.max_steps_per_block = check_steps_per_block(max_steps_per_block)
         self.eos = eos_ids(tokenizer, eos_token_id)
+        warn_without_eos(self.eos)
 
     @torch.no_grad()
     def generate(
@@ -96,14 +110,15 @@ class BlockDiffusionSampler:
         completion to `max_new_tokens`. Greedy when `temperature` <= 0."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        threshold = self.threshold if threshold is None else threshold
-        max_steps = max_steps_per_block or self.max_steps_per_block
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
+        max_steps = check_steps_per_block(max_steps_per_block) or self.max_steps_per_block
         start = time.perf_counter()
         model, size, mask_id = self.model, self.block_size, self.mask_token_id
         device = next(model.parameters()).device
         eos = torch.tensor(self.eos, dtype=torch.long, device=device)
 
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
+        check_prompt_ids(model, prompt_ids, prompt_mask, math.ceil(max_new_tokens / size) * size)
         batch, prompt_width = prompt_ids.shape
         cache = DynamicCache(config=model.config)
         rows = torch.arange(batch, device=device)  # original row of each active batch entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +39,26 @@ def encode_prompts(tokenizer, prompts: Sequence, device=None) -> tuple[torch.Ten
     return left_pad(rows, pad_id(tokenizer), device)
 
 
+def check_prompt_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_positions: int) -> None:
+    """Refuse prompts the model cannot read: token ids outside its embedding table (an IndexError deep in torch
+    otherwise), and prompt + `new_positions` beyond `max_position_embeddings` (positions it was never trained on;
+    RoPE models would decode them silently)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    real = attention_mask.bool()
+    bad = real & ((input_ids < 0) | (input_ids >= vocab))
+    if bad.any():
+        row = int(bad.any(-1).nonzero()[0])
+        token = int(input_ids[row][bad[row]][0])
+        raise ValueError(f"prompt {row} holds token id {token}, outside the model's vocabulary of {vocab} rows; "
+                         "was it encoded with another tokenizer?")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = int(real.sum(-1).max())
+    if limit is not None and longest + new_positions > limit:
+        row = int(real.sum(-1).argmax())
+        raise ValueError(f"prompt {row} has {longest} tokens; with {new_positions} new positions that exceeds the "
+                         f"model's max_position_embeddings={limit}: shorten the prompt or max_new_tokens")
+
+
 def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -56,6 +77,21 @@ def pad_id(tokenizer) -> int:
     raise ValueError("the tokenizer has neither a pad token nor an eos token to pad prompts with")
 
 
+def check_threshold(threshold) -> float:
+    """A commit threshold is a probability: a number in [0, 1] (1.0 commits only certain tokens, plus the
+    fallback's one per step)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def check_steps_per_block(max_steps_per_block) -> int | None:
+    if max_steps_per_block is not None and (isinstance(max_steps_per_block, bool) or not isinstance(
+            max_steps_per_block, int) or max_steps_per_block < 1):
+        raise ValueError(f"max_steps_per_block must be None (no cap) or an integer >= 1, got {max_steps_per_block!r}")
+    return max_steps_per_block
+
+
 def eos_ids(tokenizer, eos_token_id) -> list[int]:
     """End-of-sequence ids: the argument (int or list) or the tokenizer's eos token."""
     if eos_token_id is None:
@@ -63,6 +99,12 @@ def eos_ids(tokenizer, eos_token_id) -> list[int]:
     if eos_token_id is None:
         return []
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
+def warn_without_eos(eos: list[int]) -> None:
+    if not eos:
+        warnings.warn("no end-of-sequence token (neither eos_token_id nor the tokenizer's eos token): every row "
+                      "decodes to max_new_tokens", stacklevel=3)
 
 
 def cut_at_eos(row: list[int], eos: list[int], limit: int) -> int:
