@@ -26,6 +26,7 @@ from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .distributed import generation_model, through_wrapper
+from .model_card import BlockDiffusionModelCardMixin
 
 REPLAY_KEYS = ("commit_step", "trailing_ids", "trailing_commit_step")
 
@@ -39,7 +40,7 @@ def _pad_rows(rows: list[list[int]], width: int, value: int, device) -> torch.Te
     return out
 
 
-class DiffusionGRPOTrainer(GRPOTrainer):
+class DiffusionGRPOTrainer(BlockDiffusionModelCardMixin, GRPOTrainer):
     """`trl.GRPOTrainer` for block-diffusion students.
 
     Args:

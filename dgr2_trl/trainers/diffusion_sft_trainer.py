@@ -26,6 +26,7 @@ from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
 from .distributed import generation_model, through_wrapper
+from .model_card import BlockDiffusionModelCardMixin
 
 logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_SIZE = 32
@@ -89,7 +90,7 @@ def _with_sample_index(dataset):
     return dataset.map(lambda _, index: {SAMPLE_INDEX: index}, with_indices=True)
 
 
-class DiffusionSFTTrainer(SFTTrainer):
+class DiffusionSFTTrainer(BlockDiffusionModelCardMixin, SFTTrainer):
     """Fine-tune a causal LM with the block-diffusion masked-diffusion loss on prompt-completion data.
 
     `model` may be a plain AR model (converted here with `args.block_size` / `args.mask_token`), an already

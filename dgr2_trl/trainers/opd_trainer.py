@@ -31,9 +31,10 @@ from ..teachers import InProcessTeacher, Teacher, VLLMServerTeacher
 from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, student_buckets, teacher_buckets
 from .distributed import generation_model
 from .opd_config import OnPolicyDistillConfig
+from .model_card import BlockDiffusionModelCardMixin
 
 
-class OnPolicyDistillTrainer(DistillationTrainer):
+class OnPolicyDistillTrainer(BlockDiffusionModelCardMixin, DistillationTrainer):
     """OPD for block-diffusion students (Diffusion-GR2 stage 3).
 
     Args:
