@@ -73,12 +73,18 @@ def test_trace_is_grounded_in_shared_words():
     assert "3 also relates" not in trace
 
 
-def test_generic_folder_and_keep_all(tmp_path):
+def toy_folder(tmp_path):
+    """20 users over 7 items in the two-file format: builds in about a second."""
     folder = tmp_path / "toy"
     folder.mkdir()
     seqs = [[1, 2, 3, 4, 5], [2, 3, 4, 5, 6], [1, 3, 5, 2, 4], [6, 5, 4, 3, 2], [1, 2, 4, 6, 3]] * 4
     (folder / "sequential_data_int.txt").write_text("\n".join(f"{u + 1} " + " ".join(map(str, s)) for u, s in enumerate(seqs)))
     (folder / "items.tsv").write_text("item_id\tasin\ttitle\n" + "".join(f"{i}\tX{i}\ttoy item {i}\n" for i in range(1, 8)))
+    return folder
+
+
+def test_generic_folder_and_keep_all(tmp_path):
+    folder = toy_folder(tmp_path)
     built = build_rerank_datasets(folder, id_scheme="single", num_candidates=3, keep_all_eval_queries=True, seed=1)
     assert len(built.test) == 20 and len(built.train) == 20
     assert built.special_tokens == [f"<i_{i}>" for i in range(1, 8)]
@@ -148,3 +154,48 @@ def test_eval_sample_does_not_depend_on_training_settings():
     a = build_rerank_datasets(id_scheme="slot", max_train_queries=20, max_eval_queries=12, insert_target_fraction=0.0)
     b = build_rerank_datasets(id_scheme="slot", max_train_queries=50, max_eval_queries=12, insert_target_fraction=1.0)
     assert a.test["user_id"] == b.test["user_id"] and a.validation["user_id"] == b.validation["user_id"]
+
+
+@pytest.mark.parametrize("argument, value, expected", [
+    ("num_candidates", 0, "an int >= 1"),  # was a bare IndexError
+    ("num_candidates", -2, "an int >= 1"),
+    ("num_candidates", 2.5, "an int >= 1"),
+    ("history_length", -1, "an int >= 0"),  # was silently no history, then an IndexError in the full trace
+    ("history_length", 1.0, "an int >= 0"),
+    ("max_title_words", 0, "an int >= 1"),  # was every title shown as "..."
+    ("max_title_words", -3, "an int >= 1"),
+    ("candidate_title_words", -1, "an int >= 0"),
+])
+def test_bad_counts_raise_first_naming_the_argument(tmp_path, argument, value, expected):
+    # a folder that does not exist: the arguments are checked before any data is read
+    with pytest.raises(ValueError, match=rf"^{argument} must be {expected} \(.*\), got {value!r}$"):
+        build_rerank_datasets(tmp_path / "absent", **{argument: value})
+
+
+def test_history_length_zero_shows_no_history(tmp_path):
+    folder = toy_folder(tmp_path)
+    compact = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=0, prompt_style="compact",
+                                    trace_style="short", seed=1)
+    for row in compact.test:
+        assert row["history"] == []
+        lines = row["prompt"][0]["content"].split("\n")
+        assert lines[:2] == ["History:", "Candidates:"]  # the heading stays, nothing under it
+        assert row["completion"][0]["content"].startswith("Related: none. Best: ")
+    evidence = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=0,
+                                     prompt_style="evidence", trace_style="evidence", seed=1)
+    assert all(row["history"] == [] and row["prompt"][0]["content"].startswith("Candidates:\n") for row in evidence.test)
+    one = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=1, prompt_style="compact",
+                                trace_style="short", seed=1)
+    assert all(len(row["history"]) == 1 and row["prompt"][0]["content"].split("\n")[2] == "Candidates:"
+               for row in one.test)
+    # the templated trace starts from the most recent history item: with none shown it was an IndexError
+    with pytest.raises(ValueError, match=r"trace_style='full' .* needs history_length >= 1"):
+        build_rerank_datasets(folder, history_length=0, trace_style="full")
+
+
+def test_shorten_title_needs_a_word():
+    from dgr2_trl.data import shorten_title
+
+    assert shorten_title("Argan Oil Shampoo", 1) == "Argan..."
+    with pytest.raises(ValueError, match="max_words >= 1, got 0"):
+        shorten_title("Argan Oil Shampoo", 0)  # was "..."

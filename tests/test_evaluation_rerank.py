@@ -7,6 +7,7 @@ import pytest
 from datasets import Dataset
 
 from dgr2_trl.evaluation import binomial_lower_bound, evaluate_prerank_floor, evaluate_reranker
+from dgr2_trl.rewards import ColumnValueError
 from dgr2_trl.samplers.output import GenerationOutput
 
 CANDS = ["a", "b", "c", "d", "e"]
@@ -109,3 +110,30 @@ def test_binomial_lower_bound():
     assert binomial_lower_bound(k, n) < binomial_lower_bound(k + 1, n) < (k + 1) / n
     with pytest.raises(ValueError, match="successes <= n"):
         binomial_lower_bound(5, 4)
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    # a CSV/Parquet round trip: was read per character, every answer invalid, R@3 reported as 0.0
+    ("candidates", json.dumps(CANDS), r"got the string '\[\"a\", .*json.loads"),
+    ("candidates", ["a", "b", "b", "d", "e"], r"repeated id\(s\) 'b' x2"),
+    ("candidates", [], "got an empty list"),
+    ("candidates", ["a ", "b", "c", "d", "e"], "entry 0 'a ' is empty or has surrounding whitespace"),
+    ("target", ["c"], r"the target is \['c'\] \(list\), expected an id string"),
+    ("target", "c ", "the target 'c ' is empty or has surrounding whitespace"),
+])
+def test_mistyped_columns_are_refused_before_generating(column, value, problem):
+    rows = make_dataset().to_list()
+    rows[1][column] = value
+    sampler = FakeSampler({f"q{i}": ans(*CANDS) for i in range(3)})
+    with pytest.raises(ColumnValueError, match=rf"evaluate_reranker: column '{column}', row 1: {problem}"):
+        evaluate_reranker(sampler, rows, show_progress=False)
+    assert sampler.calls == []  # refused before any generation
+    with pytest.raises(ColumnValueError, match=rf"evaluate_prerank_floor: column '{column}', row 1: {problem}"):
+        evaluate_prerank_floor(rows)
+
+
+def test_a_none_entry_is_refused_with_its_row():
+    rows = make_dataset().to_list()
+    rows[2]["candidates"] = None
+    with pytest.raises(ColumnValueError, match=r"evaluate_reranker: column 'candidates', row 2: got None"):
+        evaluate_reranker(FakeSampler({}), rows, show_progress=False)

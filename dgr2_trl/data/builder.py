@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -148,6 +149,12 @@ def _sample(items: list, limit: int | None, rng: random.Random) -> list:
     return [items[i] for i in keep]
 
 
+def _check_count(name: str, value, minimum: int, meaning: str) -> None:
+    """A count argument must be an int >= `minimum`: checked first, not left to an IndexError deep in the build."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
+
+
 def build_rerank_datasets(
     data: SequenceData | str | Path | None = None,
     *,
@@ -177,6 +184,12 @@ def build_rerank_datasets(
         data: a loaded `SequenceData`, a folder in the two-file format, or None for the bundled Amazon Beauty.
         id_scheme: `semantic`, `single` or `plain` (see `dgr2_trl.data.item_ids`), or `slot`: candidates named
             `[1]`..`[k]` by their position in the prompt (history items keep plain ids).
+        num_candidates: the pre-ranker's top-k shown per query (>= 1).
+        history_length: the user's most recent items shown in the prompt (>= 0). 0 shows none: the `history`
+            column is empty, the `evidence` prompt leaves out its History block, `compact`/`full` keep their
+            (empty) history heading; `trace_style="full"` needs at least one item (its rationale starts from the
+            most recent one).
+        max_title_words: title words shown per item (>= 1).
         train_positions_per_user: training queries per user (the last training items, latest first).
         max_train_queries / max_eval_queries: seeded subsets (eval: taken after the filter below).
         insert_target_fraction: fraction of training queries whose true item the pre-ranker missed that get it
@@ -214,12 +227,22 @@ def build_rerank_datasets(
     `stats` holds, per split, the query counts, how many have the true item among the candidates, and the
     pre-ranker's full-ranking HR@k / NDCG@k.
     """
+    _check_count("num_candidates", num_candidates, 1, "the candidates per query")
+    _check_count("history_length", history_length, 0, "the history items shown per prompt; 0 shows none")
+    _check_count("max_title_words", max_title_words, 1, "the title words shown per item; 0 would show every title "
+                 "as '...'")
+    _check_count("candidate_title_words", candidate_title_words, 0,
+                 "the title words after each candidate's evidence; 0 shows none")
     if not 0.0 <= insert_target_fraction <= 1.0:
         raise ValueError(f"insert_target_fraction must be in [0, 1], got {insert_target_fraction}")
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {trace_style!r}")
+    if trace_style == "full" and history_length == 0:
+        raise ValueError("trace_style='full' writes a rationale about the shown history, starting from its most recent "
+                         "item, so it needs history_length >= 1; with history_length=0 use trace_style 'short', "
+                         "'ids', 'evidence' or 'scores'")
     if target_order not in TARGET_ORDERS:
         raise ValueError(f"target_order must be one of {TARGET_ORDERS}, got {target_order!r}")
     if insert_position not in INSERT_POSITIONS:

@@ -28,6 +28,8 @@ _UNINFORMATIVE = set(
 
 def shorten_title(title: str, max_words: int = 12, max_chars: int = 80) -> str:
     """First `max_words` words of a title, cut at `max_chars`, with an ellipsis when something was cut."""
+    if max_words < 1:  # 0 words would turn every title into "..."
+        raise ValueError(f"shorten_title needs max_words >= 1, got {max_words!r}")
     title = " ".join(title.split()) or "(no title)"
     words = title.split(" ")
     short = " ".join(words[:max_words])

@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+from dgr2_trl.rewards.columns import check_ranking_row
 from dgr2_trl.rewards.metrics import ndcg_at_k, recall_at_k
 from dgr2_trl.rewards.parsing import REASONS, parse_ranking
 
@@ -65,8 +66,9 @@ def evaluate_prerank_floor(dataset) -> dict:
     """Metrics of the pre-ranker's own order (the `candidates` column), the floor a re-ranker must beat."""
     _check_columns(dataset, ("candidates", "target"))
     rows = dataset if not hasattr(dataset, "select_columns") else dataset.select_columns(["candidates", "target"])
-    rankings = [list(r["candidates"]) for r in rows]
-    targets = [str(r["target"]) for r in rows]
+    checked = [check_ranking_row(r["candidates"], r["target"], i, "evaluate_prerank_floor") for i, r in enumerate(rows)]
+    rankings = [candidates for candidates, _ in checked]
+    targets = [target for _, target in checked]
     scores = ranking_scores(rankings, targets)
     scores["num_target_in_candidates"] = sum(t in r for r, t in zip(rankings, targets))
     return scores
@@ -95,12 +97,17 @@ def evaluate_reranker(
     summed `generate` wall time), `forward_passes_per_token` (mean over rows of the denoising steps a row needed
     over the tokens it produced), `num_generated_tokens`, `num_forward_passes`, `elapsed_s`; with `return_rows`
     also `rows` (per query: text, ranking used, valid, reason).
+
+    Every row's `candidates` and `target` are checked before generating (`dgr2_trl.rewards.columns`): a list
+    stored as a JSON string, a repeated, padded or non-string id, or None raises `ColumnValueError` naming the row.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_columns(dataset, _REQUIRED)
     n = len(dataset) if max_queries is None else min(max_queries, len(dataset))
     rows = [dataset[i] for i in range(n)]
+    # every row's columns are checked before any generation: a mistyped column would otherwise score as the floor
+    checked = [check_ranking_row(r["candidates"], r["target"], i, "evaluate_reranker") for i, r in enumerate(rows)]
     batches = range(0, n, batch_size)
     if show_progress:
         from tqdm.auto import tqdm
@@ -114,6 +121,7 @@ def evaluate_reranker(
     step_ratios: list[float] = []
     for start in batches:
         batch = rows[start : start + batch_size]
+        batch_columns = checked[start : start + batch_size]
         out = sampler.generate([r["prompt"] for r in batch], max_new_tokens=max_new_tokens, **generate_kwargs)
         if len(out.texts) != len(batch):
             raise ValueError(f"sampler returned {len(out.texts)} texts for a batch of {len(batch)} prompts")
@@ -121,8 +129,7 @@ def evaluate_reranker(
         passes += int(out.num_forward_passes)
         tokens += sum(len(ids) for ids in out.completion_ids)
         step_ratios += [s / max(len(ids), 1) for s, ids in zip(out.steps_per_row, out.completion_ids)]
-        for row, text in zip(batch, out.texts):
-            candidates = [str(c) for c in row["candidates"]]
+        for (candidates, target), text in zip(batch_columns, out.texts):
             parsed = parse_ranking(text, candidates)
             reasons[parsed.reason] += 1
             ranking = parsed.ranking if parsed.valid else candidates  # fallback: the pre-ranker's order
@@ -130,7 +137,7 @@ def evaluate_reranker(
             copies_floor += parsed.valid and ranking == candidates
             texts.add(text)
             floor_rankings.append(candidates)
-            targets.append(str(row["target"]))
+            targets.append(target)
             if return_rows:
                 details.append({"text": text, "ranking": ranking, "valid": parsed.valid, "reason": parsed.reason})
     result: dict = ranking_scores(used, targets)

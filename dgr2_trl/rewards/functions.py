@@ -4,21 +4,22 @@ Dataset columns arrive as keyword lists (one entry per completion): `candidates`
 `target` (the true item's id string) and, where needed, `pre_rank` (the target's 0-based position in the
 candidates, -1 when absent). Completions may be strings or chat messages. Malformed text never raises: the
 ranking rewards return `invalid_reward` (-1 by default) for an answer that is not an exact permutation.
-A missing column raises `MissingColumnError` naming the column and the reward.
+Malformed columns always raise (see `dgr2_trl.rewards.columns`): a missing column raises `MissingColumnError`, a
+mistyped or inconsistent entry `ColumnValueError` (e.g. `candidates` as a JSON string, repeated or padded ids, a
+`pre_rank` that is not the target's position), naming the reward, the column and the row in the batch.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
+from .columns import ColumnValueError, MissingColumnError, check_candidates, check_pre_rank, check_ranking_row
 from .metrics import ndcg_at_k, recall_at_k, target_rank
 from .parsing import ParsedRanking, parse_ranking
 
 RewardFunc = Callable[..., list[float]]
-
-
-class MissingColumnError(ValueError):
-    """A reward needs a dataset column that the trainer did not pass."""
 
 
 def _column(reward_name: str, kwargs: dict, column: str, n: int) -> list:
@@ -29,19 +30,47 @@ def _column(reward_name: str, kwargs: dict, column: str, n: int) -> list:
             f"{reward_name} needs the dataset column {column!r} (TRL passes dataset columns to reward functions as "
             f"keyword arguments); got columns {present}"
         )
+    if isinstance(values, (str, bytes)):  # one row's value passed as the column would be read per character
+        raise ColumnValueError(f"{reward_name}: column {column!r} is the string {values[:60]!r}, expected a list with "
+                               f"one entry per completion")
     if len(values) != n:
         raise ValueError(f"{reward_name}: column {column!r} has {len(values)} entries for {n} completions")
     return list(values)
 
 
+def _check_prompts(reward_name: str, prompts, n: int) -> None:
+    if prompts is not None and len(prompts) != n:
+        raise ValueError(f"{reward_name}: got {len(prompts)} prompts for {n} completions, expected one prompt per "
+                         f"completion")
+
+
+def _checked_row(reward_name: str, i: int, row: dict) -> dict:
+    """The row's columns checked and normalised (ids as strings); raises `ColumnValueError` naming the row."""
+    where = f"{i} of the batch"
+    row = dict(row)
+    if "target" in row:
+        row["candidates"], row["target"] = check_ranking_row(row["candidates"], row["target"], where, reward_name)
+    else:
+        row["candidates"] = check_candidates(row["candidates"], where, reward_name)
+    if "pre_rank" in row:
+        row["pre_rank"] = check_pre_rank(row["pre_rank"], row["candidates"], row["target"], where, reward_name)
+    return row
+
+
 def _rows(reward_name: str, completions: Sequence, kwargs: dict, columns: Sequence[str]):
-    """Per completion: (parsed ranking, {column: value})."""
+    """Per completion: (parsed ranking, {column: value}). Every row's columns are checked before any is scored."""
     n = len(completions)
     cols = {c: _column(reward_name, kwargs, c, n) for c in columns}
-    for i, completion in enumerate(completions):
-        row = {c: cols[c][i] for c in columns}
-        candidates = [str(c) for c in row["candidates"]] if "candidates" in row else []
-        yield parse_ranking(completion, candidates), row
+    rows = [_checked_row(reward_name, i, {c: cols[c][i] for c in columns}) for i in range(n)]
+    return [(parse_ranking(completion, row["candidates"]), row) for completion, row in zip(completions, rows)]
+
+
+def _check_k(reward: str, k, allow_none: bool) -> None:
+    if k is None and allow_none:
+        return
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        whole = "None (the whole list) or " if allow_none else ""
+        raise ValueError(f"{reward}: k must be {whole}an int >= 1, got {k!r} (at k < 1 every answer scores 0)")
 
 
 class RankingReward:
@@ -58,6 +87,7 @@ class RankingReward:
         raise NotImplementedError
 
     def __call__(self, prompts=None, completions=(), **kwargs) -> list[float]:
+        _check_prompts(self.__name__, prompts, len(completions))
         return [
             self.score(p, r) if p.valid else self.invalid_reward for p, r in _rows(self.__name__, completions, kwargs, self.columns)
         ]
@@ -70,31 +100,34 @@ class NDCGReward(RankingReward):
     """NDCG@k of the parsed ranking (k=None: the whole list)."""
 
     def __init__(self, k: int | None = None, invalid_reward: float = -1.0, name: str | None = None):
+        _check_k("make_ndcg_reward", k, allow_none=True)
         super().__init__(name or ("ndcg_reward" if k is None else f"ndcg_at_{k}_reward"), invalid_reward)
         self.k = k
 
     def score(self, parsed, row):
-        return ndcg_at_k(parsed.ranking, str(row["target"]), self.k)
+        return ndcg_at_k(parsed.ranking, row["target"], self.k)
 
 
 class RecallReward(RankingReward):
     """R@k of the parsed ranking."""
 
     def __init__(self, k: int = 1, invalid_reward: float = -1.0, name: str | None = None):
+        _check_k("make_recall_reward", k, allow_none=False)
         super().__init__(name or f"recall_at_{k}_reward", invalid_reward)
         self.k = k
 
     def score(self, parsed, row):
-        return recall_at_k(parsed.ranking, str(row["target"]), self.k)
+        return recall_at_k(parsed.ranking, row["target"], self.k)
 
 
 def _promotion(p: ParsedRanking, row: dict) -> float | None:
-    """(position before - position after) / N, None when the target is not among the candidates."""
+    """(position before - position after) / N, None when the target is not among the candidates (`pre_rank` was
+    checked against them, so the result lies in (-1, 1))."""
     pre = row["pre_rank"]
-    new = target_rank(p.ranking, str(row["target"]))
-    if new is None or pre is None or int(pre) < 0:
+    new = target_rank(p.ranking, row["target"])
+    if new is None or pre < 0:
         return None
-    return (int(pre) - new) / len(p.ranking)
+    return (pre - new) / len(p.ranking)
 
 
 class RankPromotionReward(RankingReward):
@@ -123,7 +156,7 @@ class ConditionalFormatReward(RankingReward):
 
     def score(self, parsed, row):
         gain = _promotion(parsed, row)
-        first = target_rank(parsed.ranking, str(row["target"])) == 0
+        first = target_rank(parsed.ranking, row["target"]) == 0
         return self.bonus if gain is not None and (gain > 0 or first) else 0.0
 
 
@@ -139,20 +172,65 @@ class ValidityReward(RankingReward):
         return 1.0
 
 
+def _reward_name(f) -> str:
+    return getattr(f, "__name__", type(f).__name__)
+
+
+def _as_float(value) -> float | None:
+    """A reward value as a float (NaN for None, TRL's "not applicable"), or None when it is not a number."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 class CombinedReward:
-    """sum_i w_i * f_i(...) row by row; rows whose answer is invalid get `invalid_reward` (None: keep the sum)."""
+    """sum_i w_i * f_i(...) row by row; rows whose answer is invalid get `invalid_reward` (None: keep the sum).
+
+    As in TRL, a part may return None for a row it does not apply to (NaN counts the same): the row's sum leaves it
+    out, and a row no part applies to gets None (TRL then treats it as unscorable)."""
 
     def __init__(self, weighted: Sequence[tuple[RewardFunc, float]], invalid_reward: float | None = -1.0, name: str | None = None):
         self.weighted = [(f, float(w)) for f, w in weighted]
         if not self.weighted:
             raise ValueError("combine_rewards needs at least one (reward function, weight) pair")
         self.invalid_reward = invalid_reward
-        self.__name__ = name or "+".join(f"{w:g}*{getattr(f, '__name__', type(f).__name__)}" for f, w in self.weighted)
+        self.__name__ = name or "+".join(f"{w:g}*{_reward_name(f)}" for f, w in self.weighted)
         self._validity = ValidityReward(name=self.__name__)
 
-    def __call__(self, prompts=None, completions=(), **kwargs) -> list[float]:
-        parts = [f(prompts=prompts, completions=completions, **kwargs) for f, _ in self.weighted]
-        total = [sum(w * values[i] for (_, w), values in zip(self.weighted, parts)) for i in range(len(completions))]
+    def _part(self, f, prompts, completions, kwargs) -> list[float]:
+        """One part's values as floats (NaN where it returned None), checked for one per completion."""
+        n, part = len(completions), _reward_name(f)
+        try:
+            values = f(prompts=prompts, completions=completions, **kwargs)
+        except (MissingColumnError, ColumnValueError) as error:  # say which reward the user called, too
+            raise type(error)(f"{self.__name__}: {error}") from error
+        try:
+            values = list(values)
+        except TypeError:
+            raise TypeError(f"{self.__name__}: reward {part!r} returned {type(values).__name__}, expected a list of "
+                            f"{n} floats (or None)") from None
+        if len(values) != n:
+            raise ValueError(f"{self.__name__}: reward {part!r} returned {len(values)} values for {n} completions, "
+                             f"expected one per completion")
+        out = [_as_float(v) for v in values]
+        for k, (v, x) in enumerate(zip(values, out)):
+            if x is None:
+                raise TypeError(f"{self.__name__}: reward {part!r} returned {v!r} for completion {k}, expected a "
+                                f"float or None")
+        return out
+
+    def __call__(self, prompts=None, completions=(), **kwargs) -> list[float | None]:
+        _check_prompts(self.__name__, prompts, len(completions))
+        parts = [(self._part(f, prompts, completions, kwargs), w) for f, w in self.weighted]
+        total = []
+        for i in range(len(completions)):
+            terms = [w * values[i] for values, w in parts if not math.isnan(values[i])]
+            total.append(sum(terms) if terms else None)
         if self.invalid_reward is None:
             return total
         valid = self._validity(prompts, completions, **kwargs)
@@ -184,7 +262,8 @@ def combine_rewards(
     weighted: Sequence[tuple[RewardFunc, float]], invalid_reward: float | None = -1.0, name: str | None = None
 ) -> RewardFunc:
     """A TRL-compatible reward computing sum_i w_i * f_i row by row, `invalid_reward` for invalid answers; its
-    `__name__` is `name` or built from the parts (e.g. `1*rank_promotion_reward+0.2*conditional_format_reward`)."""
+    `__name__` is `name` or built from the parts (e.g. `1*rank_promotion_reward+0.2*conditional_format_reward`).
+    Parts returning None for some rows are summed as TRL does (see `CombinedReward`)."""
     return CombinedReward(weighted, invalid_reward, name)
 
 
