@@ -5,7 +5,8 @@ import torch
 
 from dgr2_trl import ARSampler, BlockDiffusionSampler, convert_to_block_diffusion
 from dgr2_trl.modeling import block_attention_mask, decoder_hidden_states, log_probs_without_mask, replay_logprobs
-from dgr2_trl.samplers import select_commits
+from dgr2_trl.samplers import fill_after_eos, select_commits
+from dgr2_trl.samplers.block_diffusion import min_commits_per_row
 from dgr2_trl.samplers.common import encode_prompts
 from tests.conftest import PROMPTS, make_converted, make_model
 
@@ -164,6 +165,51 @@ def test_select_commits_fallbacks():
     assert not select_commits(confidence, torch.zeros_like(masked), 0.0, one, "leftmost").any()
     with pytest.raises(ValueError, match="fallback must be one of"):
         select_commits(confidence, masked, 0.9, one, "random")
+
+
+def test_fill_after_eos_fills_only_uncommitted_positions_after_a_committed_eos():
+    M, E, F = 99, 7, 8  # mask id, the first EOS id, a second EOS id
+    tokens = torch.tensor([
+        [3, E, M, 5, M],  # EOS committed at 1: the masks after it are filled, the committed 5 stays
+        [M, 4, E, M, M],  # the mask before the EOS stays a mask
+        [3, M, E, M, M],  # an EOS at an uncommitted position (a candidate) fills nothing
+        [F, M, M, E, M],  # any EOS id ends the row; the fill is the first id
+    ])
+    committed = tokens != M
+    committed[2, 2] = False
+    filled_tokens, filled = fill_after_eos(tokens, committed, [E, F])
+    assert filled.tolist() == [
+        [False, False, True, False, True],
+        [False, False, False, True, True],
+        [False, False, False, False, False],
+        [False, True, True, False, True],
+    ]
+    assert torch.equal(filled_tokens, torch.where(filled, E, tokens))
+    same, nothing = fill_after_eos(tokens, committed, [])
+    assert torch.equal(same, tokens) and not nothing.any()
+    assert fill_after_eos(tokens, committed, torch.tensor([F]))[0][3].tolist() == [F, F, F, E, F]
+
+
+def test_min_commits_per_row_spreads_the_masks_over_the_step_cap():
+    masked = torch.tensor([[True] * 5, [True, False, False, False, False], [False] * 5])
+    assert min_commits_per_row(masked, None, 0).tolist() == [1, 1, 0]
+    assert min_commits_per_row(masked, 2, 0).tolist() == [3, 1, 0]  # ceil(5 / 2)
+    assert min_commits_per_row(masked, 2, 1).tolist() == [5, 1, 0]  # the last allowed step commits the rest
+    assert min_commits_per_row(masked, 2, 4).tolist() == [5, 1, 0]
+
+
+def test_a_committed_eos_ends_its_block_in_the_same_step(tokenizer):
+    """Positions after a committed EOS never wait for a later step: they are filled with EOS in the EOS's step."""
+    model, tok = make_converted(tokenizer, block_size=8, seed=3)
+    probe = BlockDiffusionSampler(model, tok, threshold=0.3, eos_token_id=[]).generate(PROMPTS, max_new_tokens=16)
+    eos = probe.completion_ids[0][4]
+    out = BlockDiffusionSampler(model, tok, threshold=0.3, eos_token_id=eos).generate(PROMPTS, max_new_tokens=16)
+    assert out.completion_ids[0][-1] == eos and out.trailing_ids[0]
+    eos_step = out.commit_step[0][-1]
+    assert max(out.trailing_commit_step[0]) == eos_step and out.trailing_ids[0][-1] == eos
+    for row, ids in enumerate(out.completion_ids):
+        if ids[-1] == eos:
+            assert all(step <= out.commit_step[row][-1] for step in out.trailing_commit_step[row])
 
 
 def test_leftmost_fallback_decodes_left_to_right_when_nothing_is_confident(tokenizer):

@@ -1,8 +1,9 @@
 """Samplers with one interface: `.generate(prompts, max_new_tokens=..., temperature=...) -> GenerationOutput`."""
 
 from .ar import ARSampler
-from .block_diffusion import BlockDiffusionSampler, select_commits
+from .block_diffusion import BlockDiffusionSampler, fill_after_eos, select_commits
 from .common import encode_prompts
 from .output import GenerationOutput
 
-__all__ = ["ARSampler", "BlockDiffusionSampler", "GenerationOutput", "encode_prompts", "select_commits"]
+__all__ = ["ARSampler", "BlockDiffusionSampler", "GenerationOutput", "encode_prompts", "fill_after_eos",
+           "select_commits"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache
@@ -45,8 +47,165 @@ def select_commits(
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     scores = torch.where(masked, confidence, torch.full_like(confidence, -1.0))
     order = scores.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    arange = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(-1, order, arange)
     return masked & ((scores >= threshold) | (ranks < min_commits[:, None]))
+
+
+def min_commits_per_row(masked: torch.Tensor, max_steps: int | None, step: int) -> torch.Tensor:
+    """How many positions each row must commit at `step` (0-based) of a block: one while it has masks left, and
+    under a cap of `max_steps` steps per block enough to finish in time (its masks over the steps left, rounded
+    up)."""
+    remaining = masked.sum(-1)
+    min_commits = (remaining > 0).long()
+    if max_steps is not None:
+        min_commits = torch.maximum(min_commits, -(-remaining // max(max_steps - step, 1)))
+    return min_commits
+
+
+def fill_after_eos(
+    tokens: torch.Tensor, committed: torch.Tensor, eos_token_ids: Sequence[int] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row that has committed an end-of-sequence token is over: its uncommitted positions after that token get
+    the first EOS id (what the model is trained to produce there). Returns the tokens with those positions filled
+    and the mask of the filled positions (for the caller to commit). `tokens` and `committed` are `(B, L)`;
+    with no `eos_token_ids` nothing is filled."""
+    eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=tokens.device)
+    if eos.numel() == 0:
+        return tokens, torch.zeros_like(committed)
+    is_eos = (torch.isin(tokens, eos) & committed).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    filled = after_eos & ~committed
+    return torch.where(filled, int(eos[0]), tokens), filled
+
+
+@dataclass
+class Query:
+    """The tokens of one model call, one row per active prompt: ids, position ids, block ids (for the block
+    attention rule), whether each is a noisy token of the block being denoised, and whether it is a real token
+    (False on a prompt's left padding)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    block_ids: torch.Tensor
+    noisy: torch.Tensor
+    valid: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def select_rows(self, rows: torch.Tensor) -> Query:
+        return Query(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list[Query]) -> Query:
+        return Query(**{f.name: torch.cat([getattr(p, f.name) for p in parts], 1) for f in fields(Query)})
+
+
+@dataclass
+class _Block:
+    """The block being denoised, one row per active prompt: its tokens (the mask token until committed), the step
+    each was committed at (-1: still masked) and its log-prob then."""
+
+    tokens: torch.Tensor
+    commit_step: torch.Tensor
+    logprob: torch.Tensor
+    positions: torch.Tensor
+    block_ids: torch.Tensor
+    first_log_probs: torch.Tensor | None = None  # the last clean token's prediction of token 0, from the first step
+
+    @classmethod
+    def fully_masked(cls, mask_token_id: int, start: torch.Tensor, size: int, block_id: int) -> _Block:
+        rows, device = len(start), start.device
+        return cls(
+            tokens=torch.full((rows, size), mask_token_id, dtype=torch.long, device=device),
+            commit_step=torch.full((rows, size), -1, dtype=torch.long, device=device),
+            logprob=torch.zeros(rows, size, dtype=torch.float64, device=device),
+            positions=start[:, None] + torch.arange(size, device=device),
+            block_ids=torch.full((rows, size), block_id, dtype=torch.long, device=device),
+        )
+
+    @property
+    def masked(self) -> torch.Tensor:
+        return self.commit_step < 0
+
+    def commit(self, where: torch.Tensor, tokens: torch.Tensor, logprob: torch.Tensor, step: int) -> None:
+        self.tokens = torch.where(where, tokens, self.tokens)
+        self.logprob = torch.where(where, logprob, self.logprob)
+        self.commit_step = torch.where(where, step, self.commit_step)
+
+    def as_query(self, noisy: bool) -> Query:
+        flag = torch.ones_like(self.tokens, dtype=torch.bool)
+        return Query(self.tokens, self.positions, self.block_ids, flag if noisy else ~flag, flag)
+
+
+@dataclass
+class _ActiveRows:
+    """The prompts still decoding: their KV cache, original batch rows, which cached keys are real tokens, the clean
+    tokens still to be written to the cache (the prompt, then each finished block; None once written) and the
+    position id of the current block's first token."""
+
+    cache: DynamicCache
+    rows: torch.Tensor
+    key_valid: torch.Tensor
+    pending: Query | None
+    block_start: torch.Tensor
+
+    @classmethod
+    def for_prompts(cls, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: DynamicCache) -> _ActiveRows:
+        valid = prompt_mask.bool()
+        prompt = Query(prompt_ids, position_ids_from_mask(prompt_mask), prompt_block_ids(prompt_mask),
+                       torch.zeros_like(valid), valid)
+        batch, device = len(prompt_ids), prompt_ids.device
+        return cls(cache=cache, rows=torch.arange(batch, device=device),
+                   key_valid=torch.empty(batch, 0, dtype=torch.bool, device=device), pending=prompt,
+                   block_start=prompt_mask.sum(-1))
+
+    def next_block(self, finished_block: _Block, retire: torch.Tensor) -> None:
+        """Queue the finished block's clean tokens for the cache (written in the next block's first step, so a
+        block costs exactly its number of steps) and drop the `retire` rows (they reached EOS)."""
+        self.pending = finished_block.as_query(noisy=False)
+        self.block_start = self.block_start + finished_block.tokens.shape[1]
+        if retire.any():
+            keep = torch.nonzero(~retire).flatten()
+            self.cache.batch_select_indices(keep)
+            self.rows, self.block_start, self.key_valid = self.rows[keep], self.block_start[keep], self.key_valid[keep]
+            self.pending = self.pending.select_rows(keep)
+
+
+class _Transcript:
+    """What decoding produced for each original row (every block's tokens, commit steps and log-probs, and how many
+    steps it took part in) and how many model calls it made."""
+
+    def __init__(self, batch: int):
+        self.tokens = [[] for _ in range(batch)]
+        self.commit_step = [[] for _ in range(batch)]
+        self.logprobs = [[] for _ in range(batch)]
+        self.steps_per_row = [0] * batch
+        self.model_calls = 0
+
+    def count_step(self, rows: torch.Tensor, took_part: torch.Tensor) -> None:
+        self.model_calls += 1
+        for entry in torch.nonzero(took_part).flatten().tolist():
+            self.steps_per_row[int(rows[entry])] += 1
+
+    def add_block(self, rows: torch.Tensor, block: _Block) -> None:
+        for entry, row in enumerate(rows.tolist()):
+            self.tokens[row].extend(block.tokens[entry].tolist())
+            self.commit_step[row].extend(block.commit_step[entry].tolist())
+            self.logprobs[row].extend(block.logprob[entry].tolist())
+
+
+@dataclass(frozen=True)
+class _DecodeSettings:
+    """The per-call settings of `generate` (its arguments, resolved against the sampler's defaults)."""
+
+    threshold: float
+    max_steps: int | None
+    temperature: float
+    generator: torch.Generator | None
+    eos: torch.Tensor
 
 
 class BlockDiffusionSampler:
@@ -54,12 +213,13 @@ class BlockDiffusionSampler:
 
     The prompt is encoded once into a KV cache. Each block starts fully masked; every step runs the block against the
     cache and commits each masked position whose confidence (probability of its chosen token) is >= `threshold`,
-    plus at least the most confident one (or the leftmost, `fallback="leftmost"`), until the block is full. The finished block's clean KV is then stored in
-    the same model call as the next block's first denoising step, so a block costs exactly its number of steps. With
-    `block_size=1` this is KV-cached AR decoding.
+    plus at least the most confident one (or the leftmost, `fallback="leftmost"`), until the block is full. The
+    finished block's clean KV is then stored in the same model call as the next block's first denoising step, so a
+    block costs exactly its number of steps. With `block_size=1` this is KV-cached AR decoding.
 
     Rows stop at the first end-of-sequence token; once a row commits one, the masked positions after it are filled
-    with it (what the model is trained to produce there) and finished rows leave the batch after their block.
+    with EOS (`fill_after_eos`: what the model is trained to produce there) and finished rows leave the batch after
+    their block.
     """
 
     def __init__(
@@ -110,137 +270,104 @@ class BlockDiffusionSampler:
         completion to `max_new_tokens`. Greedy when `temperature` <= 0."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        threshold = self.threshold if threshold is None else check_threshold(threshold)
-        max_steps = check_steps_per_block(max_steps_per_block) or self.max_steps_per_block
         start = time.perf_counter()
-        model, size, mask_id = self.model, self.block_size, self.mask_token_id
-        device = next(model.parameters()).device
-        eos = torch.tensor(self.eos, dtype=torch.long, device=device)
-
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
-        check_prompt_ids(model, prompt_ids, prompt_mask, math.ceil(max_new_tokens / size) * size)
-        batch, prompt_width = prompt_ids.shape
-        cache = DynamicCache(config=model.config)
-        rows = torch.arange(batch, device=device)  # original row of each active batch entry
-        key_valid = torch.empty(batch, 0, dtype=torch.bool, device=device)  # which cached keys are real tokens
-        # The clean tokens still to be written to the cache: the prompt, then each finished block.
-        pending = dict(
-            ids=prompt_ids,
-            positions=position_ids_from_mask(prompt_mask),
-            blocks=prompt_block_ids(prompt_mask),
-            valid=prompt_mask.bool(),
+        device = next(self.model.parameters()).device
+        settings = _DecodeSettings(
+            threshold=self.threshold if threshold is None else check_threshold(threshold),
+            max_steps=check_steps_per_block(max_steps_per_block) or self.max_steps_per_block,
+            temperature=temperature,
+            generator=generator,
+            eos=torch.tensor(self.eos, dtype=torch.long, device=device),
         )
-        block_start = prompt_mask.sum(-1)  # position id of the current block's first token
-        offsets = torch.arange(size, device=device)
-        out_tokens = [[] for _ in range(batch)]
-        out_steps = [[] for _ in range(batch)]
-        out_logprobs = [[] for _ in range(batch)]
-        steps_per_row = [0] * batch
-        passes = 0
-
-        for block_index in range(math.ceil(max_new_tokens / size)):
-            active = len(rows)
-            tokens = torch.full((active, size), mask_id, dtype=torch.long, device=device)
-            commit_step = torch.full((active, size), -1, dtype=torch.long, device=device)
-            token_logprob = torch.zeros(active, size, dtype=torch.float64, device=device)
-            block_id = prompt_width + block_index
-            noisy_blocks = torch.full((active, size), block_id, dtype=torch.long, device=device)
-            noisy_positions = block_start[:, None] + offsets
-            first_log_probs = None
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
+        num_blocks = math.ceil(max_new_tokens / self.block_size)
+        check_prompt_ids(self.model, prompt_ids, prompt_mask, num_blocks * self.block_size)
+        # The prompt is encoded into the cache in the first block's first step, as each finished block is in the
+        # next block's first step.
+        active = _ActiveRows.for_prompts(prompt_ids, prompt_mask, DynamicCache(config=self.model.config))
+        transcript = _Transcript(len(prompt_ids))
+        for block_index in range(num_blocks):
+            block_id = prompt_ids.shape[1] + block_index  # after every prompt position's block id
+            block = _Block.fully_masked(self.mask_token_id, active.block_start, self.block_size, block_id)
             step = 0
-            while (masked := commit_step < 0).any():
-                # Query: [pending clean tokens] + [the noisy block] (the noisy part is not needed at block size 1).
-                q_ids, q_pos, q_blocks, q_noisy, q_valid, keep = [], [], [], [], [], []
-                if pending is not None:
-                    q_ids.append(pending["ids"])
-                    q_pos.append(pending["positions"])
-                    q_blocks.append(pending["blocks"])
-                    q_noisy.append(torch.zeros_like(pending["valid"]))
-                    q_valid.append(pending["valid"])
-                    keep.append(pending["ids"].shape[1] - 1)
-                width = sum(t.shape[1] for t in q_ids)
-                if size > 1:
-                    q_ids.append(tokens)
-                    q_pos.append(noisy_positions)
-                    q_blocks.append(noisy_blocks)
-                    q_noisy.append(torch.ones_like(tokens, dtype=torch.bool))
-                    q_valid.append(torch.ones_like(tokens, dtype=torch.bool))
-                    keep.extend(range(width, width + size - 1))
-                q_ids, q_pos = torch.cat(q_ids, 1), torch.cat(q_pos, 1)
-                q_blocks, q_noisy, q_valid = torch.cat(q_blocks, 1), torch.cat(q_noisy, 1), torch.cat(q_valid, 1)
-                keep = torch.tensor(keep, device=device)
-                busy = masked.any(-1)
-                # Rows that have finished this block sit its remaining steps out (not in the step that writes the
-                # pending clean tokens: every row needs those in the cache).
-                busy = None if pending is not None or busy.all() else torch.nonzero(busy).flatten()
-                hidden = self._step_hidden(busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_valid, keep, cache)
-                passes += 1
-                if pending is not None:
-                    key_valid = torch.cat([key_valid, pending["valid"]], 1)
-                    # AR shift: the last clean token predicts the block's first token, in every step of the block.
-                    first_log_probs = self._log_probs(hidden[:, 0], temperature)
-                    hidden = hidden[:, 1:]
-                    pending = None
-                candidates, candidate_logprob, eos_logprob = self._score_masked(
-                    first_log_probs, hidden, masked, temperature, generator
-                )
-                remaining = masked.sum(-1)
-                min_commits = (remaining > 0).long()
-                if max_steps is not None:
-                    min_commits = torch.maximum(min_commits, -(-remaining // max(max_steps - step, 1)))
-                commit = select_commits(candidate_logprob.exp(), masked, threshold, min_commits, self.fallback)
-                tokens = torch.where(commit, candidates, tokens)
-                token_logprob = torch.where(commit, candidate_logprob, token_logprob)
-                commit_step = torch.where(commit, step, commit_step)
-                # After a committed EOS the row is over: fill its later masked positions with EOS.
-                is_eos = torch.isin(tokens, eos) & (commit_step >= 0)
-                after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-                fill = after_eos & (commit_step < 0)
-                if fill.any():
-                    eos_id = self.eos[0]
-                    tokens = torch.where(fill, eos_id, tokens)
-                    token_logprob = torch.where(fill, eos_logprob, token_logprob)
-                    commit_step = torch.where(fill, step, commit_step)
-                for entry in torch.nonzero(remaining > 0).flatten().tolist():
-                    steps_per_row[int(rows[entry])] += 1
+            while block.masked.any():
+                took_part = self._denoise_step(active, block, step, settings)
+                transcript.count_step(active.rows, took_part)
                 step += 1
-
-            finished = torch.zeros(active, dtype=torch.bool, device=device)
-            for entry, row in enumerate(rows.tolist()):
-                out_tokens[row].extend(tokens[entry].tolist())
-                out_steps[row].extend(commit_step[entry].tolist())
-                out_logprobs[row].extend(token_logprob[entry].tolist())
-                finished[entry] = bool(torch.isin(tokens[entry], eos).any())
-            pending = dict(
-                ids=tokens,
-                positions=noisy_positions,
-                blocks=noisy_blocks,
-                valid=torch.ones_like(tokens, dtype=torch.bool),
-            )
-            block_start = block_start + size
-            if finished.all():
+            transcript.add_block(active.rows, block)
+            reached_eos = torch.isin(block.tokens, settings.eos).any(-1)
+            if reached_eos.all():
                 break
-            if finished.any():
-                keep_rows = torch.nonzero(~finished).flatten()
-                cache.batch_select_indices(keep_rows)
-                rows, block_start = rows[keep_rows], block_start[keep_rows]
-                key_valid = key_valid[keep_rows]
-                pending = {name: value[keep_rows] for name, value in pending.items()}
+            active.next_block(block, retire=reached_eos)
+        return self._output(transcript, max_new_tokens, start)
 
-        lengths = [cut_at_eos(row, self.eos, max_new_tokens) for row in out_tokens]
-        completion_ids = [row[:n] for row, n in zip(out_tokens, lengths)]
-        block_ends = [-(-n // size) * size for n in lengths]
+    def _denoise_step(self, active: _ActiveRows, block: _Block, step: int, settings: _DecodeSettings) -> torch.Tensor:
+        """One model call on the block: score every masked position, commit the confident ones (`select_commits`),
+        then fill each row after a committed EOS. Returns which rows had masks left (took part in the step)."""
+        masked = block.masked
+        noisy_hidden = self._forward_block(active, block, settings.temperature)
+        candidates, candidate_logprob, eos_logprob = self._score_masked(
+            block.first_log_probs, noisy_hidden, masked, settings.temperature, settings.generator
+        )
+        min_commits = min_commits_per_row(masked, settings.max_steps, step)
+        commit = select_commits(candidate_logprob.exp(), masked, settings.threshold, min_commits, self.fallback)
+        block.commit(commit, candidates, candidate_logprob, step)
+        filled_tokens, filled = fill_after_eos(block.tokens, ~block.masked, settings.eos)
+        block.commit(filled, filled_tokens, eos_logprob, step)
+        return masked.any(-1)
+
+    def _forward_block(self, active: _ActiveRows, block: _Block, temperature: float) -> torch.Tensor:
+        """Run the block against the cache. Returns the hidden states of its noisy positions 0..size-2 (position j
+        predicts token j + 1). In a block's first step the query starts with the clean tokens still to be cached
+        (the prompt or the previous block): their KV is kept, and the last of them predicts token 0 for every step
+        of the block (`block.first_log_probs`; the AR shift)."""
+        writes_pending = active.pending is not None
+        query, read = self._step_query(active.pending, block)
+        has_masks = block.masked.any(-1)
+        # Rows that have finished this block sit its remaining steps out (not in the step that writes the pending
+        # clean tokens: every row needs those in the cache).
+        busy = None if writes_pending or has_masks.all() else torch.nonzero(has_masks).flatten()
+        hidden = self._step_hidden(busy, query, active.key_valid, read, active.cache)
+        if writes_pending:
+            active.key_valid = torch.cat([active.key_valid, active.pending.valid], 1)
+            active.pending = None
+            block.first_log_probs = self._log_probs(hidden[:, 0], temperature)
+            hidden = hidden[:, 1:]
+        return hidden
+
+    def _step_query(self, pending: Query | None, block: _Block) -> tuple[Query, torch.Tensor]:
+        """The query of one step, `[pending clean tokens] + [the noisy block]`, and the columns whose hidden states
+        predict the block's tokens: the last clean token (token 0), then noisy positions 0..size-2. At block size 1
+        the noisy part is left out: the clean token's prediction is all the block needs."""
+        parts, read = [], []
+        if pending is not None:
+            parts.append(pending)
+            read.append(pending.width - 1)
+        if self.block_size > 1:
+            start = pending.width if pending is not None else 0
+            parts.append(block.as_query(noisy=True))
+            read.extend(range(start, start + self.block_size - 1))
+        return Query.concat(parts), torch.tensor(read, device=block.tokens.device)
+
+    def _output(self, transcript: _Transcript, max_new_tokens: int, start: float) -> GenerationOutput:
+        """Cut each row after its first EOS (at most `max_new_tokens` tokens); the rest of its last block is kept
+        apart as the trailing part (replay needs the block as it was decoded)."""
+        lengths = [cut_at_eos(row, self.eos, max_new_tokens) for row in transcript.tokens]
+        block_ends = [-(-n // self.block_size) * self.block_size for n in lengths]
+        kept = lambda rows: [row[:n] for row, n in zip(rows, lengths)]  # noqa: E731
+        trailing = lambda rows: [row[n:end] for row, n, end in zip(rows, lengths, block_ends)]  # noqa: E731
+        completion_ids = kept(transcript.tokens)
         return GenerationOutput(
             texts=self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
             completion_ids=completion_ids,
-            commit_step=[row[:n] for row, n in zip(out_steps, lengths)],
-            logprobs=[row[:n] for row, n in zip(out_logprobs, lengths)],
-            num_forward_passes=passes - 1,
+            commit_step=kept(transcript.commit_step),
+            logprobs=kept(transcript.logprobs),
+            num_forward_passes=transcript.model_calls - 1,  # the first call is the prompt's prefill
             num_prefill_passes=1,
-            steps_per_row=steps_per_row,
+            steps_per_row=transcript.steps_per_row,
             elapsed_s=time.perf_counter() - start,
-            trailing_ids=[row[n:end] for row, n, end in zip(out_tokens, lengths, block_ends)],
-            trailing_commit_step=[row[n:end] for row, n, end in zip(out_steps, lengths, block_ends)],
+            trailing_ids=trailing(transcript.tokens),
+            trailing_commit_step=trailing(transcript.commit_step),
         )
 
     def _log_probs(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -258,7 +385,8 @@ class BlockDiffusionSampler:
         log_probs[at_first] = first_log_probs[rows[at_first]]
         later = ~at_first
         if later.any():
-            log_probs[later] = self._log_probs(noisy_hidden[rows[later], cols[later] - 1], temperature).to(log_probs.dtype)
+            predicting = noisy_hidden[rows[later], cols[later] - 1]  # noisy position j - 1 predicts token j
+            log_probs[later] = self._log_probs(predicting, temperature).to(log_probs.dtype)
         chosen = sample_tokens(log_probs, temperature, generator)
         candidates = torch.zeros_like(masked, dtype=torch.long)
         candidate_logprob = torch.zeros_like(masked, dtype=log_probs.dtype)
@@ -269,22 +397,22 @@ class BlockDiffusionSampler:
             eos_logprob[rows, cols] = log_probs[:, self.eos[0]]
         return candidates, candidate_logprob, eos_logprob
 
-    def _step_hidden(self, busy, q_ids, q_pos, q_blocks, q_noisy, q_valid, key_valid, keep, cache):
-        """Last hidden states `(B, len(keep), H)` of one step. With `busy` (row indices), only those rows run,
-        against a copy of their cache rows, and the other rows get zeros (they have nothing left to commit)."""
+    def _step_hidden(self, busy, query: Query, key_valid, read, cache):
+        """Last hidden states `(B, len(read), H)` of one step at the query columns `read`. With `busy` (row
+        indices), only those rows run, against a copy of their cache rows, and the other rows get zeros (they have
+        nothing left to commit)."""
         step_cache = cache
         if busy is not None:
             step_cache = DynamicCache(config=self.model.config)
             for layer_index, layer in enumerate(cache.layers):
                 step_cache.update(layer.keys[busy], layer.values[busy], layer_index)
-            q_ids, q_pos, q_blocks, q_noisy, q_valid = (t[busy] for t in (q_ids, q_pos, q_blocks, q_noisy, q_valid))
-            key_valid = key_valid[busy]
+            query, key_valid = query.select_rows(busy), key_valid[busy]
         # Every cached key is a clean token of an earlier block (the prompt or a finished block), which the block
         # rule lets every query attend; only the queries among themselves need the rule.
-        among_queries = block_attention_mask(q_blocks, q_noisy, q_blocks, q_noisy, q_valid)
-        cached = key_valid[:, None, None, :].expand(-1, 1, q_ids.shape[1], -1)
+        among_queries = block_attention_mask(query.block_ids, query.noisy, query.block_ids, query.noisy, query.valid)
+        cached = key_valid[:, None, None, :].expand(-1, 1, query.width, -1)
         allowed = torch.cat([cached, among_queries], -1)
-        hidden = decoder_hidden_states(self.model, q_ids, q_pos, allowed, step_cache)[:, keep]
+        hidden = decoder_hidden_states(self.model, query.ids, query.positions, allowed, step_cache)[:, read]
         if busy is None:
             if self.block_size > 1:
                 cache.crop(-self.block_size)  # the noisy block's KV is never kept
