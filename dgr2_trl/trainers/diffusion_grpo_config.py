@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from ..samplers.block_diffusion import FALLBACKS
+from .checks import check_rollout_settings
 
 
 @dataclass
@@ -63,11 +63,9 @@ class DiffusionGRPOConfig(GRPOConfig):
         if self.use_vllm:
             raise ValueError("DiffusionGRPOConfig: use_vllm=True is not supported: vLLM cannot run a block-diffusion "
                              "student; rollouts use dgr2_trl's BlockDiffusionSampler")
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"DiffusionGRPOConfig: block_size must be >= 1, got {self.block_size}")
-        if self.fallback not in FALLBACKS:
-            raise ValueError(f"DiffusionGRPOConfig: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"DiffusionGRPOConfig: threshold must be in [0, 1], got {self.threshold}")
+        try:
+            check_rollout_settings(self)
+        except ValueError as error:
+            raise ValueError(f"DiffusionGRPOConfig: {error}") from None
         if self.replay_merge_steps < 1:
             raise ValueError(f"DiffusionGRPOConfig: replay_merge_steps must be >= 1, got {self.replay_merge_steps}")

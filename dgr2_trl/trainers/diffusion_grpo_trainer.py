@@ -20,10 +20,13 @@ import torch
 from trl import GRPOTrainer
 
 from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs
+from ..modeling.conversion import ensure_custom_mask_support
 from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from ..rewards import default_rl_reward, parse_ranking
 from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
+from .checkpoints import CompleteCheckpointMixin
+from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .distributed import generation_model, through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
@@ -40,7 +43,7 @@ def _pad_rows(rows: list[list[int]], width: int, value: int, device) -> torch.Te
     return out
 
 
-class DiffusionGRPOTrainer(BlockDiffusionModelCardMixin, GRPOTrainer):
+class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin, GRPOTrainer):
     """`trl.GRPOTrainer` for block-diffusion students.
 
     Args:
@@ -50,6 +53,11 @@ class DiffusionGRPOTrainer(BlockDiffusionModelCardMixin, GRPOTrainer):
             (rank promotion + 0.2 x conditional format, -1 for an invalid ranking).
         rollout_func: optional replacement of the block-diffusion rollout (TRL's signature). Without commit steps
             in its output, every token is replayed in its fully masked block state (a one-step estimate).
+
+    Checked at construction: the tokenizer has a pad or an eos token, the model's attention honours the block mask,
+    the datasets have a `prompt` column and (map-style ones) every prompt plus the rollout's whole blocks fits the
+    model's `max_position_embeddings`. `train(resume_from_checkpoint=True)` skips checkpoints a killed save left
+    incomplete.
     """
 
     _tag_names = ["trl", "grpo", "dgr2-trl", "block-diffusion"]
@@ -76,13 +84,20 @@ class DiffusionGRPOTrainer(BlockDiffusionModelCardMixin, GRPOTrainer):
             model = make_dense(model)  # a GGUF-loaded model keeps a quantizer marker that blocks training
         if processing_class is None:
             raise ValueError("processing_class (the tokenizer) is required when model is not a path")
+        check_padding_tokens(processing_class)
+        datasets = {**named_datasets(train_dataset, "train"), **named_datasets(eval_dataset, "eval")}
+        check_prompt_column(datasets)
         settings = get_block_diffusion_settings(model)
         if settings is None:
             model, processing_class = convert_to_block_diffusion(
                 model, processing_class, block_size=args.block_size or 32, mask_token=args.mask_token
             )
             settings = get_block_diffusion_settings(model)
+        # an already converted model may run an attention backend that ignores the block mask (e.g. a checkpoint
+        # loaded with FlashAttention-2): rollouts and replay would silently be causal
+        ensure_custom_mask_support(model)
         self.block_size = args.block_size or settings.block_size
+        check_prompt_lengths(model, processing_class, datasets, args.max_completion_length, self.block_size)
         self.mask_token_id = settings.mask_token_id
         self._pending_replay = None  # rollout-order replay data, while TRL scores the batch
         self._active_replay = None  # replay data of the batch whose loss is being computed
@@ -106,6 +121,8 @@ class DiffusionGRPOTrainer(BlockDiffusionModelCardMixin, GRPOTrainer):
                 os.environ.pop("TRL_EXPERIMENTAL_SILENCE", None)
             else:
                 os.environ["TRL_EXPERIMENTAL_SILENCE"] = previous
+        # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
+        self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
 
     # ----------------------------------------------------------------------------------------------- rollouts
     def rollout(self, prompts: list) -> dict:

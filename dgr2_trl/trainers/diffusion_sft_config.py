@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..samplers.common import check_threshold
+
 NORMALIZATIONS = ("auto", "completion", "masked")
 SCHEDULES = ("linear", "cosine")
 
@@ -164,5 +166,10 @@ class DiffusionSFTConfig(SFTConfig):
             )
         if self.loss_type != "nll":
             raise ValueError(f"loss_type={self.loss_type!r} is not supported by DiffusionSFTTrainer; use 'nll'")
+        try:
+            check_threshold(self.valid_rate_threshold)
+        except ValueError:
+            message = f"valid_rate_threshold must be a number in [0, 1], got {self.valid_rate_threshold!r}"
+            raise ValueError(message) from None
         if self.valid_rate_num_prompts < 0 or self.valid_rate_batch_size < 1 or self.valid_rate_max_new_tokens < 1:
             raise ValueError("valid_rate_num_prompts must be >= 0, valid_rate_batch_size and _max_new_tokens >= 1")

@@ -18,11 +18,19 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoTokenizer
 from transformers.modeling_outputs import CausalLMOutput
 from trl import SFTConfig, SFTTrainer
+from trl.data_utils import is_conversational
 
-from ..modeling.conversion import DEFAULT_MASK_TOKEN, convert_to_block_diffusion, get_block_diffusion_settings
+from ..modeling.conversion import (
+    DEFAULT_MASK_TOKEN,
+    convert_to_block_diffusion,
+    ensure_custom_mask_support,
+    get_block_diffusion_settings,
+)
 from ..modeling.loss import masked_diffusion_loss
 from ..modeling.noise import BlockNoise
 from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
+from .checkpoints import CompleteCheckpointMixin
+from .checks import check_padding_tokens
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
 from .distributed import generation_model, through_wrapper
@@ -58,6 +66,21 @@ def _check_dataset(dataset, name: str) -> None:
             raise ValueError(f"the {name} dataset has empty completions at rows {empty[:10]} (of {len(empty)})")
 
 
+def _check_tokenizer(tokenizer, args: DiffusionSFTConfig, dataset) -> None:
+    """The collator pads with the pad token (EOS without one); text completions end with EOS (SFTTrainer appends
+    it, and would fail on a tokenizer without one with a TypeError inside `datasets.map`)."""
+    check_padding_tokens(tokenizer, eos_token=args.eos_token)
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    sample = next(iter(dataset))
+    text_completions = isinstance(sample.get("completion"), str) and not is_conversational(sample)
+    if args.eos_token is None and text_tokenizer.eos_token is None and text_completions:
+        raise ValueError(
+            f"the tokenizer ({type(text_tokenizer).__name__}) has no eos token, which SFTTrainer appends to every "
+            "text completion (and the sampler stops at); set tokenizer.eos_token or args.eos_token, or use "
+            "conversational data"
+        )
+
+
 def _is_empty(completion) -> bool:
     if isinstance(completion, str):
         return not completion.strip()
@@ -90,13 +113,15 @@ def _with_sample_index(dataset):
     return dataset.map(lambda _, index: {SAMPLE_INDEX: index}, with_indices=True)
 
 
-class DiffusionSFTTrainer(BlockDiffusionModelCardMixin, SFTTrainer):
+class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin, SFTTrainer):
     """Fine-tune a causal LM with the block-diffusion masked-diffusion loss on prompt-completion data.
 
     `model` may be a plain AR model (converted here with `args.block_size` / `args.mask_token`), an already
     converted one, or a path to either. `peft_config` trains a LoRA adapter as in `SFTTrainer`; convert the model
-    before wrapping it with PEFT yourself. Logs `loss`, `mask_ratio` (fraction of completion tokens masked) and, when
-    `args.valid_rate_num_prompts > 0`, `eval_valid_rate` at each evaluation.
+    before wrapping it with PEFT yourself (its attention is probed: a backend that ignores the block mask is refused).
+    Logs `loss`, `mask_ratio` (fraction of completion tokens masked) and, when `args.valid_rate_num_prompts > 0`,
+    `eval_valid_rate` at each evaluation. Rows that SFTTrainer's truncation to `max_length` drops are reported, and
+    `train(resume_from_checkpoint=True)` skips checkpoints a killed save left incomplete.
     """
 
     _tag_names = ["trl", "sft", "block-diffusion", "dgr2"]
@@ -130,9 +155,13 @@ class DiffusionSFTTrainer(BlockDiffusionModelCardMixin, SFTTrainer):
         _check_dataset(train_dataset, "train")
         for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
             _check_dataset(dataset, name)
+        _check_tokenizer(processing_class, args, train_dataset)
 
         _drop_trl_fused_forward(model)
         model, processing_class = self._convert(model, processing_class, args)
+        # `_convert` probes a model it converts; a PEFT-wrapped converted model is not converted again, and its
+        # attention backend may ignore the block mask (training would silently stay causal)
+        ensure_custom_mask_support(model)
         settings = get_block_diffusion_settings(model)
         self.block_settings = settings
         max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -217,6 +246,26 @@ class DiffusionSFTTrainer(BlockDiffusionModelCardMixin, SFTTrainer):
         settings = get_block_diffusion_settings(model)
         args.block_size, args.mask_token = settings.block_size, settings.mask_token
         return model, tokenizer
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """SFTTrainer's preparation, which drops the rows truncation to `max_length` leaves without a completion
+        token (a prompt that fills `max_length` on its own) silently: report how many, and refuse a dataset with
+        none left."""
+        before = len(dataset) if isinstance(dataset, Dataset) else None
+        dataset = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        dropped = before - len(dataset) if before is not None and isinstance(dataset, Dataset) else 0
+        if dropped and dropped == before:
+            raise ValueError(
+                f"truncation to max_length={args.max_length} leaves no completion token in any of the {before} rows "
+                f"of the {dataset_name} dataset (the prompts fill max_length on their own); raise max_length"
+            )
+        if dropped:
+            logger.warning(
+                "%d of %d rows of the %s dataset were dropped: truncated to max_length=%s they keep no completion "
+                "token (the prompt fills max_length on its own); raise max_length to train on them",
+                dropped, before, dataset_name, args.max_length,
+            )
+        return dataset
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

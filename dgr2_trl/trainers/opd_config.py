@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import DistillationConfig
 
-from ..samplers.block_diffusion import FALLBACKS
 from ..teachers.distill_loss import DIVERGENCES
+from .checks import check_rollout_settings
 
 
 @dataclass
@@ -59,20 +59,15 @@ class OnPolicyDistillConfig(DistillationConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_rollout_settings(self)
         if self.num_rollouts_per_prompt < 1:
             raise ValueError(f"num_rollouts_per_prompt must be >= 1, got {self.num_rollouts_per_prompt}")
-        if self.fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if self.divergence == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.teacher_top_k < 1:
             raise ValueError(f"teacher_top_k must be >= 1, got {self.teacher_top_k}")
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.use_vllm:
             raise ValueError(
                 "use_vllm=True would serve the student with vLLM, which cannot run a block-diffusion model; the "

@@ -22,19 +22,21 @@ import torch
 from transformers import PreTrainedModel
 from trl import DistillationTrainer
 
-from ..modeling.conversion import get_block_diffusion_settings
+from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..rewards.parsing import parse_ranking
 from ..samplers.block_diffusion import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from ..teachers import InProcessTeacher, Teacher, VLLMServerTeacher
 from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, student_buckets, teacher_buckets
+from .checkpoints import CompleteCheckpointMixin
+from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .distributed import generation_model
 from .opd_config import OnPolicyDistillConfig
 from .model_card import BlockDiffusionModelCardMixin
 
 
-class OnPolicyDistillTrainer(BlockDiffusionModelCardMixin, DistillationTrainer):
+class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin, DistillationTrainer):
     """OPD for block-diffusion students (Diffusion-GR2 stage 3).
 
     Args:
@@ -43,8 +45,13 @@ class OnPolicyDistillTrainer(BlockDiffusionModelCardMixin, DistillationTrainer):
             omitted when `args.teacher_url` (vLLM server) or `args.teacher_model_name_or_path` is set.
         args: `OnPolicyDistillConfig`.
         train_dataset / eval_dataset: need a `prompt` column (text or chat messages); an optional `candidates`
-            column enables the logged valid rate of the rollouts (`dgr2_trl.rewards.parse_ranking`).
-        processing_class: the student's tokenizer (with its mask token).
+            column enables the logged valid rate of the rollouts (`dgr2_trl.rewards.parse_ranking`). Checked at
+            construction: the column, and (map-style datasets) that every prompt plus the rollout's whole blocks
+            fits the student's `max_position_embeddings`.
+        processing_class: the student's tokenizer (with its mask token); it needs a pad or an eos token.
+
+    The student's attention is probed once at construction: a backend that ignores the block mask is refused.
+    `train(resume_from_checkpoint=True)` skips checkpoints a killed save left incomplete.
     """
 
     _tag_names = ["trl", "dgr2-trl", "on-policy-distillation", "block-diffusion"]
@@ -66,6 +73,10 @@ class OnPolicyDistillTrainer(BlockDiffusionModelCardMixin, DistillationTrainer):
             args = OnPolicyDistillConfig(output_dir="opd-output")
         if not isinstance(args, OnPolicyDistillConfig):
             raise TypeError(f"args must be an OnPolicyDistillConfig, got {type(args).__name__}")
+        datasets = {**named_datasets(train_dataset, "train"), **named_datasets(eval_dataset, "eval")}
+        check_prompt_column(datasets)
+        if processing_class is not None:  # otherwise the base loads it; checked below
+            check_padding_tokens(processing_class)
         # The base would build a dense in-process teacher and its chunked JSD; ours goes through a Teacher instead.
         super().__init__(
             model=model,
@@ -78,14 +89,22 @@ class OnPolicyDistillTrainer(BlockDiffusionModelCardMixin, DistillationTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        settings = get_block_diffusion_settings(self.accelerator.unwrap_model(self.model))
+        student = self.accelerator.unwrap_model(self.model)
+        settings = get_block_diffusion_settings(student)
         if settings is None:
             raise ValueError(
                 "the student is not a block-diffusion model: convert it first with "
                 "dgr2_trl.convert_to_block_diffusion(model, tokenizer, block_size=...)"
             )
+        # a converted student loaded with (or switched to) an attention backend that ignores the block mask would
+        # roll out and be replayed causally, without an error
+        ensure_custom_mask_support(student)
+        check_padding_tokens(self._tokenizer)
+        # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
+        self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
         self.mask_token_id = settings.mask_token_id
         self.rollout_block_size = args.block_size or settings.block_size
+        check_prompt_lengths(student, self._tokenizer, datasets, args.max_completion_length, self.rollout_block_size)
         self.teacher = self._build_teacher(teacher_model, args)
         self.teacher.check_tokenizer(self._tokenizer)
         self._generation_seconds = 0.0  # rollout + teacher time spent inside the current training_step
