@@ -41,11 +41,17 @@ def main():
     prompts = [row["prompt"] for row in recipe.test.select(range(max(args.queries_batch1, args.queries_batch16)))]
     sampler = ARSampler(model, tokenizer)
     hf = HFGenerate(model, tokenizer)
-    runners = {"hf_generate": lambda batch: timed(hf, batch, max_new),
-               "ar_sampler": lambda batch: timed(lambda p, n: sampler.generate(p, max_new_tokens=n), batch, max_new)}
+    runners = {
+        "hf_generate": lambda batch: timed(hf, batch, max_new),
+        "ar_sampler": lambda batch: timed(lambda p, n: sampler.generate(p, max_new_tokens=n), batch, max_new),
+    }
     for run in runners.values():
         run(prompts[:1])  # warm-up
-    report = {"device": str(recipe.device), "dtype": args.dtype, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    report = {
+        "device": str(recipe.device),
+        "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     for batch_size, n in ((1, args.queries_batch1), (16, args.queries_batch16)):
         for name, run in runners.items():
             tokens = seconds = 0.0
@@ -53,7 +59,9 @@ def main():
                 t, s = run(prompts[start : start + batch_size])
                 tokens, seconds = tokens + t, seconds + s
             report[f"{name}_b{batch_size}_tokens_per_s"] = tokens / seconds
-            print(f"{name:12s} batch {batch_size:>2}: {int(tokens)} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tok/s")
+            print(
+                f"{name:12s} batch {batch_size:>2}: {int(tokens)} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tok/s"
+            )
     write_report(args.out, report)
 
 

@@ -73,7 +73,9 @@ def one_step(trainer, batch, device) -> tuple[float, int]:
 
 
 def build(args):
-    data = build_rerank_datasets(id_scheme="single", max_train_queries=max(64, args.batch_size), max_eval_queries=4, seed=0)
+    data = build_rerank_datasets(
+        id_scheme="single", max_train_queries=max(64, args.batch_size), max_eval_queries=4, seed=0
+    )
     tokenizer = train_rerank_tokenizer(data, vocab_size=2000)
     model = tiny_causal_lm(
         len(tokenizer) + 1, hidden_size=args.hidden_size, num_layers=args.num_layers,
@@ -85,7 +87,9 @@ def build(args):
         save_strategy="no", per_device_train_batch_size=args.batch_size, max_steps=1, seed=0,
     )  # fmt: skip
     out = tempfile.mkdtemp()
-    ar = SFTTrainer(model, args=SFTConfig(output_dir=out, **common), train_dataset=data.train, processing_class=tokenizer)
+    ar = SFTTrainer(
+        model, args=SFTConfig(output_dir=out, **common), train_dataset=data.train, processing_class=tokenizer
+    )
     cft_args = DiffusionSFTConfig(
         output_dir=out, block_size=args.block_size, complementary_masking=args.complementary_masking, **common
     )
@@ -124,7 +128,9 @@ def main():
         "memory_measure": "cuda max_memory_allocated" if device.type == "cuda" else "bytes saved for backward",
         "config": vars(args),
         "ar_tokens_per_row": float(ar_batch["attention_mask"].sum() / args.batch_size),
-        "cft_tokens_per_row": float((cft_batch["prompt_mask"].sum() + 2 * cft_batch["completion_mask"].sum()) / args.batch_size),
+        "cft_tokens_per_row": float(
+            (cft_batch["prompt_mask"].sum() + 2 * cft_batch["completion_mask"].sum()) / args.batch_size
+        ),
         "ar_step_s": seconds["ar"],
         "cft_step_s": seconds["cft"],
         "time_ratio": seconds["cft"] / seconds["ar"],

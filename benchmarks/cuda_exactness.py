@@ -26,6 +26,7 @@ from dgr2_trl.modeling import replay_logprobs, tiny_causal_lm
 from dgr2_trl.samplers.common import encode_prompts
 from dgr2_trl.tokenization import train_chat_tokenizer
 
+
 PROMPTS = ["the quick brown fox", "nail polish and a face cream", "rank", "json list of ids for the lazy dog"]
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -36,9 +37,18 @@ CORPUS = [
 
 def model_on(tokenizer, device, dtype, hidden_size, num_layers, block_size, initializer_range=0.5):
     # sharp random distributions (initializer_range 0.5), as the CPU tests use, so there are no near-ties
-    ar = tiny_causal_lm(len(tokenizer) + 1, "qwen3", hidden_size=hidden_size, num_layers=num_layers,
-                        num_heads=hidden_size // 64, num_kv_heads=max(1, hidden_size // 256),
-                        intermediate_size=3 * hidden_size, initializer_range=initializer_range, seed=1, dtype=dtype).to(device)
+    ar = tiny_causal_lm(
+        len(tokenizer) + 1,
+        "qwen3",
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=hidden_size // 64,
+        num_kv_heads=max(1, hidden_size // 256),
+        intermediate_size=3 * hidden_size,
+        initializer_range=initializer_range,
+        seed=1,
+        dtype=dtype,
+    ).to(device)
     converted, tok = convert_to_block_diffusion(copy.deepcopy(ar), copy.deepcopy(tokenizer), block_size=block_size)
     return ar, converted, tok
 
@@ -64,10 +74,13 @@ def replay_gap(model, tok, out, block_size, device):
         commit[i, : len(row)] = torch.tensor(step, device=device)
         completion_mask[i, : len(row)] = 1
     with torch.no_grad():
-        replayed = replay_logprobs(model, ids, mask, completion, completion_mask, commit, tok.mask_token_id, block_size)
+        replayed = replay_logprobs(
+            model, ids, mask, completion, completion_mask, commit, tok.mask_token_id, block_size
+        )
     return max(
         (replayed[i, : len(lp)].double().cpu() - torch.tensor(lp, dtype=torch.float64)).abs().max().item()
-        for i, lp in enumerate(out.logprobs) if lp
+        for i, lp in enumerate(out.logprobs)
+        if lp
     )
 
 
@@ -87,8 +100,14 @@ def main():
     with torch.no_grad():
         ar, model, tok = model_on(tokenizer, device, torch.float64, args.hidden_size, args.num_layers, 1)
         ids, mask = encode_prompts(tokenizer, PROMPTS, device)
-        hf = ar.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)[:, ids.shape[1]:]
+        hf = ar.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=24,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[:, ids.shape[1] :]
         block = BlockDiffusionSampler(model, tok).generate(PROMPTS, max_new_tokens=24)
         checks["fp64_block1_equals_hf_greedy"] = all(
             row == hf[i, : len(row)].tolist() for i, row in enumerate(block.completion_ids)
@@ -113,8 +132,13 @@ def main():
         gap16 = replay_gap(model, tok, out, 4, device)
         checks["bf16_replay_close_to_recorded"] = gap16 < 0.1  # bf16 has ~3 significant digits
 
-    report = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "replay_gap_fp64": gap64, "replay_gap_bf16": gap16, **checks}
+    report = {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "replay_gap_fp64": gap64,
+        "replay_gap_bf16": gap16,
+        **checks,
+    }
     print(json.dumps(report))
     sys.exit(0 if all(checks.values()) else 1)
 

@@ -29,14 +29,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 from dgr2_trl import ARSampler, BlockDiffusionSampler, convert_to_block_diffusion
 from dgr2_trl.modeling import masked_diffusion_loss, sample_block_noise, tiny_causal_lm
 from dgr2_trl.samplers.common import encode_prompts
 from dgr2_trl.tokenization import train_chat_tokenizer
 
-WORDS = [a + b for a in ("ba", "ko", "mi", "tu", "re", "sa", "li", "po") for b in ("ran", "tel", "vok", "dis", "mun", "gal", "fep", "hoz")]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+WORDS = [
+    a + b
+    for a in ("ba", "ko", "mi", "tu", "re", "sa", "li", "po")
+    for b in ("ran", "tel", "vok", "dis", "mun", "gal", "fep", "hoz")
+]
 FILLER = [a + b for a in ("ze", "qu", "ja", "wy") for b in ("nor", "bix", "lum", "cet")]
 NUM_ITEMS = 6
 SLOT_EVERY = 20
@@ -93,7 +99,14 @@ def train(model, tokenizer, block_size, seconds, batch_size, seed, dtype=torch.f
             ar_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
             noise = sample_block_noise(completion_mask, block_size, generator=generator)
             diffusion = masked_diffusion_loss(
-                model, prompt_ids, prompt_mask, completion, completion_mask, noise, mask_id, block_size,
+                model,
+                prompt_ids,
+                prompt_mask,
+                completion,
+                completion_mask,
+                noise,
+                mask_id,
+                block_size,
                 time_weighting=False,
             ).loss(time_weighting=False)
         loss = ar_loss + diffusion
@@ -166,16 +179,21 @@ class HFGenerate:
         ids, mask = encode_prompts(self.tokenizer, prompts, self.model.device)
         mask_id = self.tokenizer.mask_token_id
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
             suppress_tokens=None if mask_id is None else [mask_id],  # None: an AR model has no mask token
-        )[:, ids.shape[1]:]
+        )[:, ids.shape[1] :]
         rows = []
         for row in out.tolist():
             cut = row.index(self.tokenizer.eos_token_id) + 1 if self.tokenizer.eos_token_id in row else len(row)
             rows.append(row[:cut])
         return GenerationOutput(
-            texts=self.tokenizer.batch_decode(rows, skip_special_tokens=True), completion_ids=rows,
+            texts=self.tokenizer.batch_decode(rows, skip_special_tokens=True),
+            completion_ids=rows,
             steps_per_row=[len(r) for r in rows],
         )
 
@@ -191,8 +209,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/decode_throughput.json")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="decoding dtype (training: fp32 weights under autocast to this dtype)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="decoding dtype (training: fp32 weights under autocast to this dtype)",
+    )
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--num-heads", type=int, default=4)
@@ -206,13 +228,22 @@ def main():
 
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    model = tiny_causal_lm(len(tokenizer) + 1, "qwen3", hidden_size=args.hidden_size, num_layers=args.num_layers,
-                           num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
-                           intermediate_size=args.intermediate_size, seed=args.seed)
+    model = tiny_causal_lm(
+        len(tokenizer) + 1,
+        "qwen3",
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        num_kv_heads=args.num_kv_heads,
+        intermediate_size=args.intermediate_size,
+        seed=args.seed,
+    )
     model, tokenizer = convert_to_block_diffusion(model, tokenizer, block_size=args.block_size)
     model.to(device)
-    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {args.train_seconds:.0f}s "
-          f"on {device} ({args.dtype})")
+    print(
+        f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {args.train_seconds:.0f}s "
+        f"on {device} ({args.dtype})"
+    )
     steps = train(model, tokenizer, args.block_size, args.train_seconds, args.train_batch_size, args.seed, dtype)
     model.to(dtype)  # decode in the requested precision (a no-op in the fp32 default)
 
@@ -221,39 +252,60 @@ def main():
     rows = []
     for batch_size in args.batch_sizes:
         ar = ARSampler(model, tokenizer)
-        reference = time_sampler(lambda p, n: ar.generate(p, max_new_tokens=n), pairs, batch_size, max_new, args.repeats)
+        reference = time_sampler(
+            lambda p, n, ar=ar: ar.generate(p, max_new_tokens=n), pairs, batch_size, max_new, args.repeats
+        )
         hf = HFGenerate(model, tokenizer)
         hf_result = time_sampler(hf, pairs, batch_size, max_new, args.repeats)
         entries = [("ar_sampler", None, reference), ("hf_generate", None, hf_result)]
         for threshold in args.thresholds:
             block = BlockDiffusionSampler(model, tokenizer, threshold=threshold)
-            result = time_sampler(lambda p, n: block.generate(p, max_new_tokens=n), pairs, batch_size, max_new, args.repeats)
+            result = time_sampler(
+                lambda p, n, block=block: block.generate(p, max_new_tokens=n), pairs, batch_size, max_new, args.repeats
+            )
             entries.append(("block_diffusion", threshold, result))
         for name, threshold, result in entries:
-            rows.append({
-                "batch_size": batch_size,
-                "sampler": name,
-                "threshold": threshold,
-                "tokens_per_s": round(result["tokens_per_s"], 1),
-                "forward_passes_per_token": round(result["forward_passes_per_token"], 3),
-                "speedup_vs_ar_sampler": round(result["tokens_per_s"] / reference["tokens_per_s"], 2),
-                "exact_match": exact_match(tokenizer, result["texts"], pairs),
-                "word_accuracy": round(word_accuracy(result["texts"], pairs), 4),
-                "mean_tokens": round(result["mean_tokens"], 1),
-            })
-    print(f"\n{'batch':>5} {'sampler':>16} {'tau':>5} {'tok/s':>8} {'passes/tok':>10} {'speed-up':>8} {'exact':>6} {'words':>6}")
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "sampler": name,
+                    "threshold": threshold,
+                    "tokens_per_s": round(result["tokens_per_s"], 1),
+                    "forward_passes_per_token": round(result["forward_passes_per_token"], 3),
+                    "speedup_vs_ar_sampler": round(result["tokens_per_s"] / reference["tokens_per_s"], 2),
+                    "exact_match": exact_match(tokenizer, result["texts"], pairs),
+                    "word_accuracy": round(word_accuracy(result["texts"], pairs), 4),
+                    "mean_tokens": round(result["mean_tokens"], 1),
+                }
+            )
+    print(
+        f"\n{'batch':>5} {'sampler':>16} {'tau':>5} {'tok/s':>8} {'passes/tok':>10} {'speed-up':>8} {'exact':>6} {'words':>6}"
+    )
     for r in rows:
         tau = "" if r["threshold"] is None else f"{r['threshold']:.1f}"
-        print(f"{r['batch_size']:>5} {r['sampler']:>16} {tau:>5} {r['tokens_per_s']:>8.1f} "
-              f"{r['forward_passes_per_token']:>10.3f} {r['speedup_vs_ar_sampler']:>7.2f}x {r['exact_match']:>6.2f} "
-              f"{r['word_accuracy']:>6.3f}")
+        print(
+            f"{r['batch_size']:>5} {r['sampler']:>16} {tau:>5} {r['tokens_per_s']:>8.1f} "
+            f"{r['forward_passes_per_token']:>10.3f} {r['speedup_vs_ar_sampler']:>7.2f}x {r['exact_match']:>6.2f} "
+            f"{r['word_accuracy']:>6.3f}"
+        )
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-        "model": {"parameters": sum(p.numel() for p in model.parameters()), "block_size": args.block_size,
-                  "dtype": args.dtype, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
-                  "train_seconds": args.train_seconds, "train_steps": steps},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "model": {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "block_size": args.block_size,
+            "dtype": args.dtype,
+            "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "train_seconds": args.train_seconds,
+            "train_steps": steps,
+        },
         "max_new_tokens": max_new,
         "num_prompts": args.num_prompts,
         "results": rows,

@@ -24,6 +24,7 @@ from dgr2_trl.modeling import replay_logprobs, tiny_causal_lm
 from dgr2_trl.samplers.common import encode_prompts
 from dgr2_trl.tokenization import train_chat_tokenizer
 
+
 TEXT = "the user bought nail polish and face cream then shampoo and conditioner so rank the lip gloss first"
 
 
@@ -36,7 +37,11 @@ def replay_inputs(tokenizer, prompts, out):
     completion_mask = torch.zeros_like(completion)
     commit = torch.full_like(completion, -1)
     for i, (r, s) in enumerate(zip(rows, steps)):
-        completion[i, : len(r)], completion_mask[i, : len(r)], commit[i, : len(s)] = torch.tensor(r), 1, torch.tensor(s)
+        completion[i, : len(r)], completion_mask[i, : len(r)], commit[i, : len(s)] = (
+            torch.tensor(r),
+            1,
+            torch.tensor(s),
+        )
     return ids, mask, completion, completion_mask, commit
 
 
@@ -73,16 +78,32 @@ def main():
             logps.sum().backward()
             model.zero_grad(set_to_none=True)
             train_s = time.perf_counter() - start
-            rows.append({"block_size": block_size, "steps_per_block": steps, "rollout_passes": out.num_forward_passes + 1,
-                         "replay_passes": -(-steps // args.merge_steps), "rollout_s": round(rollout_s, 3),
-                         "replay_forward_s": round(forward_s, 3), "replay_forward_backward_s": round(train_s, 3),
-                         "replay_over_rollout": round(train_s / rollout_s, 3)})
+            rows.append(
+                {
+                    "block_size": block_size,
+                    "steps_per_block": steps,
+                    "rollout_passes": out.num_forward_passes + 1,
+                    "replay_passes": -(-steps // args.merge_steps),
+                    "rollout_s": round(rollout_s, 3),
+                    "replay_forward_s": round(forward_s, 3),
+                    "replay_forward_backward_s": round(train_s, 3),
+                    "replay_over_rollout": round(train_s / rollout_s, 3),
+                }
+            )
             r = rows[-1]
-            print(f"block {block_size:>3} steps {steps:>2}: rollout {r['rollout_passes']:>4} passes {rollout_s:7.3f}s | "
-                  f"replay {r['replay_passes']:>2} passes fwd {forward_s:6.3f}s fwd+bwd {train_s:6.3f}s | "
-                  f"replay/rollout {r['replay_over_rollout']:.2f}", flush=True)
-    report = {"machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
-              "batch_size": args.batch_size, "new_tokens": args.new_tokens, "merge_steps": args.merge_steps, "results": rows}
+            print(
+                f"block {block_size:>3} steps {steps:>2}: rollout {r['rollout_passes']:>4} passes {rollout_s:7.3f}s | "
+                f"replay {r['replay_passes']:>2} passes fwd {forward_s:6.3f}s fwd+bwd {train_s:6.3f}s | "
+                f"replay/rollout {r['replay_over_rollout']:.2f}",
+                flush=True,
+            )
+    report = {
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "batch_size": args.batch_size,
+        "new_tokens": args.new_tokens,
+        "merge_steps": args.merge_steps,
+        "results": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"written to {args.out}")

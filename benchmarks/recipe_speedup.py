@@ -20,8 +20,12 @@ from dgr2_trl.recipe.stages import Recipe
 
 def main():
     parser = recipe_parser(__doc__)
-    parser.add_argument("--settings", nargs="+", default=["0.9:leftmost", "0.95:leftmost", "0.7:confidence"],
-                        help="threshold:fallback pairs")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["0.9:leftmost", "0.95:leftmost", "0.7:confidence"],
+        help="threshold:fallback pairs",
+    )
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=5)
@@ -40,24 +44,42 @@ def main():
             base = recipe.evaluate(ar, block=False, batch_size=batch_size, max_queries=n)
             ar_speeds.append(base["tokens_per_second"])
             for threshold, fallback in settings:
-                scores = recipe.evaluate(block, block=True, threshold=threshold, fallback=fallback,
-                                         batch_size=batch_size, max_queries=n)
+                scores = recipe.evaluate(
+                    block, block=True, threshold=threshold, fallback=fallback, batch_size=batch_size, max_queries=n
+                )
                 ratios[(threshold, fallback)].append(scores["tokens_per_second"] / base["tokens_per_second"])
                 speeds[(threshold, fallback)].append(scores["tokens_per_second"])
-                quality[(threshold, fallback)] = (scores["valid_rate"], scores["recall@1"], base["recall@1"],
-                                                  scores["forward_passes_per_token"])
+                quality[(threshold, fallback)] = (
+                    scores["valid_rate"],
+                    scores["recall@1"],
+                    base["recall@1"],
+                    scores["forward_passes_per_token"],
+                )
         for (threshold, fallback), values in ratios.items():
             valid, r1, ar_r1, passes = quality[(threshold, fallback)]
-            row = {"batch_size": batch_size, "n": n, "threshold": threshold, "fallback": fallback,
-                   "speedup_median": statistics.median(values), "speedup_min": min(values), "speedup_max": max(values),
-                   # absolute speeds, so runs in different dtypes can be compared with each other's AR
-                   "tokens_per_second_median": statistics.median(speeds[(threshold, fallback)]),
-                   "ar_tokens_per_second_median": statistics.median(ar_speeds),
-                   "valid_rate": valid, "recall@1": r1, "ar_recall@1": ar_r1, "forward_passes_per_token": passes}
+            row = {
+                "batch_size": batch_size,
+                "n": n,
+                "threshold": threshold,
+                "fallback": fallback,
+                "speedup_median": statistics.median(values),
+                "speedup_min": min(values),
+                "speedup_max": max(values),
+                # absolute speeds, so runs in different dtypes can be compared with each other's AR
+                "tokens_per_second_median": statistics.median(speeds[(threshold, fallback)]),
+                "ar_tokens_per_second_median": statistics.median(ar_speeds),
+                "valid_rate": valid,
+                "recall@1": r1,
+                "ar_recall@1": ar_r1,
+                "forward_passes_per_token": passes,
+            }
             report["results"].append(row)
-            print(f"batch {batch_size:>2} tau {threshold} {fallback:10s}: {row['speedup_median']:.2f}x AR "
-                  f"(range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}, {args.rounds} rounds), valid {valid:.3f}, "
-                  f"R@1 {r1:.4f} vs AR {ar_r1:.4f}, {passes:.3f} passes/token", flush=True)
+            print(
+                f"batch {batch_size:>2} tau {threshold} {fallback:10s}: {row['speedup_median']:.2f}x AR "
+                f"(range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}, {args.rounds} rounds), valid {valid:.3f}, "
+                f"R@1 {r1:.4f} vs AR {ar_r1:.4f}, {passes:.3f} passes/token",
+                flush=True,
+            )
     write_report(args.out, report)
 
 

@@ -29,13 +29,15 @@ from dgr2_trl.recipe.stages import Recipe
 from dgr2_trl.samplers import ARSampler, BlockDiffusionSampler
 from dgr2_trl.samplers.common import encode_prompts
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
 def post(url: str, payload: dict, timeout: float = 600.0) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never through a proxy
     with opener.open(request, timeout=timeout) as response:
         return json.loads(response.read())
@@ -50,8 +52,10 @@ def served_model(url: str) -> str:
 def vllm_generate(url: str, model: str, rows: list[list[int]], max_new_tokens: int, eos: int):
     """Greedy completions of token-id prompts in one request: (texts, generated tokens, seconds)."""
     start = time.perf_counter()
-    reply = post(f"{url}/v1/completions", {
-        "model": model, "prompt": rows, "max_tokens": max_new_tokens, "temperature": 0.0, "stop_token_ids": [eos]})
+    reply = post(
+        f"{url}/v1/completions",
+        {"model": model, "prompt": rows, "max_tokens": max_new_tokens, "temperature": 0.0, "stop_token_ids": [eos]},
+    )
     seconds = time.perf_counter() - start
     choices = sorted(reply["choices"], key=lambda c: c["index"])
     return [c["text"] for c in choices], int(reply["usage"]["completion_tokens"]), seconds
@@ -96,8 +100,14 @@ def run(args, recipe, tokenizer, max_new, ar, block) -> dict:
     vllm_generate(args.server_url, model_name, token_rows[:1], max_new, eos)
     for sampler in block_samplers.values():
         sampler.generate(prompts[:1], max_new_tokens=max_new)
-    report = {"machine": machine_info(), "dtype": args.dtype, "rounds": args.rounds, "server_url": args.server_url,
-              "stage": args.stage, "results": []}
+    report = {
+        "machine": machine_info(),
+        "dtype": args.dtype,
+        "rounds": args.rounds,
+        "server_url": args.server_url,
+        "stage": args.stage,
+        "results": [],
+    }
     for batch_size, n in zip(args.batch_sizes, args.queries):
         speeds = {"hf_ar": [], "vllm_ar": [], **{f"block_{t}_{f}": [] for t, f in settings}}
         same_text = []
@@ -105,7 +115,7 @@ def run(args, recipe, tokenizer, max_new, ar, block) -> dict:
             hf_rows, rates = [], {}
             tokens = seconds = 0.0
             for start in range(0, n, batch_size):
-                out = ar_sampler.generate(prompts[start:start + batch_size], max_new_tokens=max_new)
+                out = ar_sampler.generate(prompts[start : start + batch_size], max_new_tokens=max_new)
                 hf_rows += out.completion_ids
                 tokens += sum(len(r) for r in out.completion_ids)
                 seconds += out.elapsed_s
@@ -113,8 +123,9 @@ def run(args, recipe, tokenizer, max_new, ar, block) -> dict:
             tokens = seconds = 0.0
             vllm_texts = []
             for start in range(0, n, batch_size):
-                texts, t, s = vllm_generate(args.server_url, model_name, token_rows[start:start + batch_size], max_new,
-                                            eos)
+                texts, t, s = vllm_generate(
+                    args.server_url, model_name, token_rows[start : start + batch_size], max_new, eos
+                )
                 vllm_texts += texts
                 tokens, seconds = tokens + t, seconds + s
             rates["vllm_ar"] = tokens / seconds
@@ -123,20 +134,26 @@ def run(args, recipe, tokenizer, max_new, ar, block) -> dict:
             for (t, f), sampler in block_samplers.items():
                 tokens = seconds = 0.0
                 for start in range(0, n, batch_size):
-                    out = sampler.generate(prompts[start:start + batch_size], max_new_tokens=max_new)
+                    out = sampler.generate(prompts[start : start + batch_size], max_new_tokens=max_new)
                     tokens += sum(len(r) for r in out.completion_ids)
                     seconds += out.elapsed_s
                 rates[f"block_{t}_{f}"] = tokens / seconds
             for name, rate in rates.items():
                 speeds[name].append(rate)
             print(f"batch {batch_size:>2}: " + "  ".join(f"{k} {v:.0f} tok/s" for k, v in rates.items()), flush=True)
-        ratio = lambda a, b: statistics.median(x / y for x, y in zip(speeds[a], speeds[b]))  # noqa: E731
-        report["results"].append({
-            "batch_size": batch_size, "n": n, "tokens_per_second": {k: statistics.median(v) for k, v in speeds.items()},
-            "per_round": speeds, "vllm_over_hf_ar": ratio("vllm_ar", "hf_ar"),
-            "block_over_vllm_ar": {k: ratio(k, "vllm_ar") for k in speeds if k.startswith("block_")},
-            "block_over_hf_ar": {k: ratio(k, "hf_ar") for k in speeds if k.startswith("block_")},
-            "vllm_same_completion_as_hf_rate": statistics.median(same_text)})
+        ratio = lambda a, b, speeds=speeds: statistics.median(x / y for x, y in zip(speeds[a], speeds[b]))  # noqa: E731
+        report["results"].append(
+            {
+                "batch_size": batch_size,
+                "n": n,
+                "tokens_per_second": {k: statistics.median(v) for k, v in speeds.items()},
+                "per_round": speeds,
+                "vllm_over_hf_ar": ratio("vllm_ar", "hf_ar"),
+                "block_over_vllm_ar": {k: ratio(k, "vllm_ar") for k in speeds if k.startswith("block_")},
+                "block_over_hf_ar": {k: ratio(k, "hf_ar") for k in speeds if k.startswith("block_")},
+                "vllm_same_completion_as_hf_rate": statistics.median(same_text),
+            }
+        )
     return report
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -36,6 +37,7 @@ from dgr2_trl.tokenization import train_chat_tokenizer  # noqa: E402
 from dgr2_trl.trainers.opd_config import OnPolicyDistillConfig  # noqa: E402
 from dgr2_trl.trainers.opd_trainer import OnPolicyDistillTrainer  # noqa: E402
 from tests.vllm_server import VLLMServer, vllm_python  # noqa: E402
+
 
 CORPUS = ["rank the candidates and answer with a json list of ids", "nail polish lip gloss shampoo face cream"] * 50
 
@@ -56,11 +58,22 @@ def opd_split(student, tokenizer, teacher, steps, tmp) -> dict:
         save_strategy="no", use_cpu=True, gradient_checkpointing=False, disable_tqdm=True, learning_rate=1e-4,
     )  # fmt: skip
     prompts = [" ".join(CORPUS[i % len(CORPUS)].split()[: 4 + i % 5]) for i in range(16)]
-    trainer = OnPolicyDistillTrainer(copy.deepcopy(student), teacher, args=args, processing_class=tokenizer,
-                                     train_dataset=Dataset.from_dict({"prompt": prompts}))
+    trainer = OnPolicyDistillTrainer(
+        copy.deepcopy(student),
+        teacher,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "time/update_s" in h][1:]  # the first step warms up
-    keys = ("time/rollout_s", "time/teacher_s", "time/update_s", "rollout/tokens_per_second", "teacher/tokens_per_second")
+    keys = (
+        "time/rollout_s",
+        "time/teacher_s",
+        "time/update_s",
+        "rollout/tokens_per_second",
+        "teacher/tokens_per_second",
+    )
     return {k: sum(h[k] for h in logs) / len(logs) for k in keys}
 
 
@@ -78,10 +91,18 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=1000)
-    model = tiny_causal_lm(len(tokenizer), "qwen3", hidden_size=args.hidden_size, num_layers=args.layers,
-                           num_heads=args.hidden_size // 64, num_kv_heads=max(1, args.hidden_size // 128),
-                           intermediate_size=4 * args.hidden_size, initializer_range=0.2,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = tiny_causal_lm(
+        len(tokenizer),
+        "qwen3",
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        num_heads=args.hidden_size // 64,
+        num_kv_heads=max(1, args.hidden_size // 128),
+        intermediate_size=4 * args.hidden_size,
+        initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vocab = len(tokenizer)
     prompts = [torch.randint(0, vocab, (args.prompt_len,)).tolist() for _ in range(args.num_sequences)]
     completions = [torch.randint(0, vocab, (args.completion_len,)).tolist() for _ in range(args.num_sequences)]
@@ -114,7 +135,9 @@ def main():
                 result["vllm_first_request_s"] = time.perf_counter() - start
                 seconds = best_of(args.repeats, lambda: remote.score(prompts, completions, args.top_k))
                 result["vllm_server_tokens_per_s"] = tokens / seconds
-                result["server_over_in_process"] = result["vllm_server_tokens_per_s"] / result["in_process_tokens_per_s"]
+                result["server_over_in_process"] = (
+                    result["vllm_server_tokens_per_s"] / result["in_process_tokens_per_s"]
+                )
                 result["opd_vllm_server"] = opd_split(student, student_tok, remote, args.opd_steps, tmp)
             finally:
                 server.stop()

@@ -50,15 +50,21 @@ def ranking_scores(rows, score_fn) -> dict:
 
 def scores(rows, titles, alpha: float, max_title_words: int | None) -> dict:
     words = title_word_sets(titles, max_title_words)
-    return ranking_scores(rows, lambda row: [-k + alpha * len(words(c) & words(row["history_items"][-1]))
-                                             for k, c in enumerate(row["candidate_items"])])
+    return ranking_scores(
+        rows,
+        lambda row: [
+            -k + alpha * len(words(c) & words(row["history_items"][-1])) for k, c in enumerate(row["candidate_items"])
+        ],
+    )
 
 
 def evidence_cells(row, words) -> list[tuple[int, int, int]]:
     """Per candidate: (pre-ranker position, words shared with the most recent item, with any history item), capped at 2."""
     last = words(row["history_items"][-1])
     seen = set().union(*(words(h) for h in row["history_items"]))
-    return [(k, min(len(words(c) & last), 2), min(len(words(c) & seen), 2)) for k, c in enumerate(row["candidate_items"])]
+    return [
+        (k, min(len(words(c) & last), 2), min(len(words(c) & seen), 2)) for k, c in enumerate(row["candidate_items"])
+    ]
 
 
 def fit_evidence_table(rows, words) -> dict:
@@ -81,17 +87,31 @@ def main():
     parser.add_argument("--max-title-words", type=int, default=4)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     parser.add_argument("--history-length", type=int, default=3, help="history items shown (the default preset's)")
-    parser.add_argument("--train-positions", type=int, default=4, help="training queries per user for the fitted table")
+    parser.add_argument(
+        "--train-positions", type=int, default=4, help="training queries per user for the fitted table"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    data = build_rerank_datasets(id_scheme="plain", history_length=args.history_length, max_train_queries=None,
-                                 train_positions_per_user=args.train_positions, insert_target_fraction=0.0,
-                                 max_eval_queries=None)
+    data = build_rerank_datasets(
+        id_scheme="plain",
+        history_length=args.history_length,
+        max_train_queries=None,
+        train_positions_per_user=args.train_positions,
+        insert_target_fraction=0.0,
+        max_eval_queries=None,
+    )
     item_of = {v: k for k, v in data.item_ids.id_of.items()}
 
     def plain_rows(dataset):
-        return [{"history_items": [item_of[h] for h in r["history"]], "candidate_items": r["candidate_items"],
-                 "target_item": r["target_item"]} for r in dataset if r["target_in_candidates"]]
+        return [
+            {
+                "history_items": [item_of[h] for h in r["history"]],
+                "candidate_items": r["candidate_items"],
+                "target_item": r["target_item"],
+            }
+            for r in dataset
+            if r["target_in_candidates"]
+        ]
 
     splits = {name: plain_rows(getattr(data, name)) for name in ("train", "validation", "test")}
     results = []
@@ -101,8 +121,10 @@ def main():
             for alpha in [0.0, *args.alphas]:
                 s = scores(rows, data.titles, alpha, limit)
                 results.append({"split": split, "titles": titles_shown, "alpha": alpha, **s})
-                print(f"{split:10s} titles={titles_shown:14s} alpha={alpha:<4} R@1 {s['recall@1']:.4f}  "
-                      f"R@3 {s['recall@3']:.4f}  NDCG@3 {s['ndcg@3']:.4f}  n {s['n']}")
+                print(
+                    f"{split:10s} titles={titles_shown:14s} alpha={alpha:<4} R@1 {s['recall@1']:.4f}  "
+                    f"R@3 {s['recall@3']:.4f}  NDCG@3 {s['ndcg@3']:.4f}  n {s['n']}"
+                )
     words = title_word_sets(data.titles, args.max_title_words)
     for fitted_on in ("train", "validation"):
         table = fit_evidence_table(splits[fitted_on], words)
@@ -110,10 +132,19 @@ def main():
             if split == fitted_on:
                 continue
             s = table_scores(splits[split], table, words)
-            results.append({"split": split, "titles": f"first {args.max_title_words} words", "table_fitted_on": fitted_on,
-                            "table_fit_queries": len(splits[fitted_on]), **s})
-            print(f"{split:10s} table fitted on {fitted_on} ({len(splits[fitted_on])} queries)  R@1 {s['recall@1']:.4f}  "
-                  f"R@3 {s['recall@3']:.4f}  NDCG@3 {s['ndcg@3']:.4f}  n {s['n']}")
+            results.append(
+                {
+                    "split": split,
+                    "titles": f"first {args.max_title_words} words",
+                    "table_fitted_on": fitted_on,
+                    "table_fit_queries": len(splits[fitted_on]),
+                    **s,
+                }
+            )
+            print(
+                f"{split:10s} table fitted on {fitted_on} ({len(splits[fitted_on])} queries)  R@1 {s['recall@1']:.4f}  "
+                f"R@3 {s['recall@3']:.4f}  NDCG@3 {s['ndcg@3']:.4f}  n {s['n']}"
+            )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))

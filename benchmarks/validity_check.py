@@ -24,8 +24,12 @@ def main():
     parser = recipe_parser(__doc__)
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--split", default="test", choices=["test", "validation"],
-                        help="validation users to choose a setting, test users to report it")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="validation users to choose a setting, test users to report it",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="default: the preset's eval_threshold")
     args = parser.parse_args()
     preset = get_preset(args.preset)
@@ -34,16 +38,31 @@ def main():
     data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
     recipe.test = getattr(data, args.split)
     threshold = preset.eval_threshold if args.threshold is None else args.threshold
-    scores = recipe.evaluate(recipe.load(args.stage, DTYPES[args.dtype]), block=True, threshold=threshold, batch_size=args.batch_size)
+    scores = recipe.evaluate(
+        recipe.load(args.stage, DTYPES[args.dtype]), block=True, threshold=threshold, batch_size=args.batch_size
+    )
     valid = round(scores["valid_rate"] * scores["n"])
-    report = {"machine": machine_info(), "dtype": args.dtype, "stage": args.stage, "split": args.split, "threshold": threshold,
-              "fallback": preset.eval_fallback, "n": scores["n"], "valid": valid,
-              "valid_rate": scores["valid_rate"], "valid_rate_lower_95": scores["valid_rate_lower_95"],
-              "invalid_reasons": scores["invalid_reasons"], "forward_passes_per_token": scores["forward_passes_per_token"],
-              "preset": dataclasses.asdict(preset)}
-    print(f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
-          f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}; "
-          f"invalid reasons {scores['invalid_reasons']}", flush=True)
+    report = {
+        "machine": machine_info(),
+        "dtype": args.dtype,
+        "stage": args.stage,
+        "split": args.split,
+        "threshold": threshold,
+        "fallback": preset.eval_fallback,
+        "n": scores["n"],
+        "valid": valid,
+        "valid_rate": scores["valid_rate"],
+        "valid_rate_lower_95": scores["valid_rate_lower_95"],
+        "invalid_reasons": scores["invalid_reasons"],
+        "forward_passes_per_token": scores["forward_passes_per_token"],
+        "preset": dataclasses.asdict(preset),
+    }
+    print(
+        f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
+        f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}; "
+        f"invalid reasons {scores['invalid_reasons']}",
+        flush=True,
+    )
     write_report(args.out, report)
 
 

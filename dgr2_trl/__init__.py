@@ -17,6 +17,7 @@ from .trainers import (
     OnPolicyDistillTrainer,
 )
 
+
 __version__ = "0.1.0"
 
 __all__ = [

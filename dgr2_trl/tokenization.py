@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, PreTrainedTokenizerFast
 
+
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -51,7 +52,7 @@ def train_chat_tokenizer(
     produce completion text) keeps them, so a ranking written in item ids survives decoding.
     """
     specials = [PAD_TOKEN, IM_START, IM_END]
-    if len(set([*specials, *extra_special_tokens])) != len(specials) + len(extra_special_tokens):
+    if len({*specials, *extra_special_tokens}) != len(specials) + len(extra_special_tokens):
         raise ValueError("extra_special_tokens repeat a token or clash with the chat markers")
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

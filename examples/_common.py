@@ -21,6 +21,7 @@ from dgr2_trl.modeling import tiny_causal_lm
 from dgr2_trl.modeling.pretrained import load_causal_lm, load_tokenizer
 from dgr2_trl.tokenization import train_chat_tokenizer
 
+
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # item-id tokens such as `<i_12>` (single) or `<a_3><b_7>` (semantic) in the `candidates` column of a loaded dataset
 _ID_TOKEN = re.compile(r"<[^<>\s]+>")
@@ -33,10 +34,12 @@ class RerankScriptArguments(ScriptArguments):
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Local re-ranking data: a folder in the two-file format (sequential_data_int.txt + "
-                  "items.tsv, built into train/validation/test), a saved dataset (`save_to_disk`), or a "
-                  ".json/.jsonl/.parquet/.csv file or folder of such files. None: the bundled Amazon Beauty data. "
-                  "Nothing is fetched from the Hub."},
+        metadata={
+            "help": "Local re-ranking data: a folder in the two-file format (sequential_data_int.txt + "
+            "items.tsv, built into train/validation/test), a saved dataset (`save_to_disk`), or a "
+            ".json/.jsonl/.parquet/.csv file or folder of such files. None: the bundled Amazon Beauty data. "
+            "Nothing is fetched from the Hub."
+        },
     )
     dataset_test_split: str = field(
         default="validation", metadata={"help": "Split evaluated on (a missing split: no evaluation)."}
@@ -83,13 +86,16 @@ def _load_local(name: str) -> dict[str, Dataset]:
             f"--dataset_name {name!r} does not exist; expected a local folder in the two-file format "
             f"({SEQUENCES_FILE} + items.tsv), a saved dataset (`save_to_disk`), or a "
             f"{'/'.join(DATA_FILE_BUILDERS)} file or folder (nothing is fetched from the Hub: save a Hub dataset "
-            f"with `load_dataset(...).save_to_disk(folder)` first)")
+            f"with `load_dataset(...).save_to_disk(folder)` first)"
+        )
     if _is_saved_dataset(path):
         loaded = load_from_disk(str(path))
     elif path.is_file():
         if path.suffix not in DATA_FILE_BUILDERS:
-            raise ValueError(f"--dataset_name {name!r}: expected a {'/'.join(DATA_FILE_BUILDERS)} file, got a "
-                             f"{path.suffix or 'suffix-less'} file")
+            raise ValueError(
+                f"--dataset_name {name!r}: expected a {'/'.join(DATA_FILE_BUILDERS)} file, got a "
+                f"{path.suffix or 'suffix-less'} file"
+            )
         loaded = load_dataset(DATA_FILE_BUILDERS[path.suffix], data_files=str(path))
     else:
         loaded = load_dataset(str(path))
@@ -111,8 +117,10 @@ def load_rerank_datasets(script_args: RerankScriptArguments, seed: int = 0) -> R
     loaded dataset keeps its first `max_train_queries` / `max_eval_queries` rows, a built one a seeded subset."""
     name = script_args.dataset_name
     if script_args.dataset_streaming:
-        raise ValueError("--dataset_streaming is not supported by these examples: they index the datasets "
-                         "(subsets, tokenizer training); pass a local dataset without it")
+        raise ValueError(
+            "--dataset_streaming is not supported by these examples: they index the datasets "
+            "(subsets, tokenizer training); pass a local dataset without it"
+        )
     if name is None or _is_sequence_folder(Path(name)):
         built = build_rerank_datasets(
             name, id_scheme=script_args.id_scheme, max_train_queries=script_args.max_train_queries,
@@ -122,8 +130,10 @@ def load_rerank_datasets(script_args: RerankScriptArguments, seed: int = 0) -> R
     else:
         built, splits = None, _load_local(name)
     if script_args.dataset_train_split not in splits:
-        raise ValueError(f"--dataset_train_split {script_args.dataset_train_split!r} is not a split of "
-                         f"{name or 'the bundled data'!r}; its splits are {sorted(splits)}")
+        raise ValueError(
+            f"--dataset_train_split {script_args.dataset_train_split!r} is not a split of "
+            f"{name or 'the bundled data'!r}; its splits are {sorted(splits)}"
+        )
     train, evaluation = splits[script_args.dataset_train_split], splits.get(script_args.dataset_test_split)
     if built is None:
         train = _first(train, script_args.max_train_queries)
@@ -170,8 +180,10 @@ def model_init_kwargs(model_args: ModelConfig, extra: dict | None = None) -> dic
     """`load_causal_lm` keyword arguments from `--dtype` and `--attn_implementation`, updated with `extra` (a
     config's `model_init_kwargs`, e.g. `{"gguf_file": ...}`)."""
     if model_args.load_in_4bit or model_args.load_in_8bit:
-        raise ValueError("--load_in_4bit / --load_in_8bit are not supported by these examples: the block-diffusion "
-                         "trainers need dense weights (use --use_peft for parameter-efficient training)")
+        raise ValueError(
+            "--load_in_4bit / --load_in_8bit are not supported by these examples: the block-diffusion "
+            "trainers need dense weights (use --use_peft for parameter-efficient training)"
+        )
     kwargs = {"dtype": model_args.dtype}
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
@@ -184,8 +196,13 @@ def load_pretrained(name_or_path: str, kwargs: dict):
     return model, load_tokenizer(name_or_path, gguf_file=kwargs.get("gguf_file"))
 
 
-def load_model_and_tokenizer(model_args: ModelConfig, training_args, data: RerankDatasets,
-                             script_args: RerankScriptArguments, **small_model_kwargs):
+def load_model_and_tokenizer(
+    model_args: ModelConfig,
+    training_args,
+    data: RerankDatasets,
+    script_args: RerankScriptArguments,
+    **small_model_kwargs,
+):
     """`--model_name_or_path` loaded with `--dtype` / `--attn_implementation` (and the config's `model_init_kwargs`,
     consumed here), or, without it, a small model from a config and an offline tokenizer."""
     if model_args.model_name_or_path:

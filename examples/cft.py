@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from _common import RerankScriptArguments, device_defaults, load_model_and_tokenizer, load_rerank_datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from dgr2_trl.evaluation import evaluate_reranker
 from dgr2_trl.samplers import BlockDiffusionSampler
 from dgr2_trl.trainers import DiffusionSFTConfig, DiffusionSFTTrainer
-
-from _common import RerankScriptArguments, device_defaults, load_model_and_tokenizer, load_rerank_datasets
 
 
 @dataclass

@@ -29,12 +29,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from _common import RerankScriptArguments, device_defaults, load_model_and_tokenizer, load_rerank_datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from dgr2_trl import rewards
 from dgr2_trl.trainers import DiffusionGRPOConfig, DiffusionGRPOTrainer
 
-from _common import RerankScriptArguments, device_defaults, load_model_and_tokenizer, load_rerank_datasets
 
 REWARDS = ("ndcg_reward", "recall_reward", "validity_reward", "rank_promotion_reward", "conditional_format_reward",
            "default_rl_reward")  # fmt: skip
@@ -46,8 +46,10 @@ class GRPOScriptArguments(RerankScriptArguments):
 
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": f"Reward functions: names from dgr2_trl.rewards ({', '.join(REWARDS)}) or dotted import "
-                  "paths (e.g. 'my_rewards.my_reward'). None: default_rl_reward."},
+        metadata={
+            "help": f"Reward functions: names from dgr2_trl.rewards ({', '.join(REWARDS)}) or dotted import "
+            "paths (e.g. 'my_rewards.my_reward'). None: default_rl_reward."
+        },
     )
 
 
@@ -68,19 +70,23 @@ def load_reward_funcs(names: list[str] | None) -> list | None:
             funcs.append(getattr(rewards, name))
             continue
         if "." not in name:
-            raise ValueError(f"--reward_funcs {name!r}: expected one of {list(REWARDS)} or a dotted import path "
-                             "such as 'my_rewards.my_reward'")
+            raise ValueError(
+                f"--reward_funcs {name!r}: expected one of {list(REWARDS)} or a dotted import path "
+                "such as 'my_rewards.my_reward'"
+            )
         module_name, attribute = name.rsplit(".", 1)
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # a rewards module in the working directory
         try:
             func = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
-            raise ValueError(f"--reward_funcs {name!r}: cannot import {attribute!r} from {module_name!r} ({error})") \
-                from error
+            raise ValueError(
+                f"--reward_funcs {name!r}: cannot import {attribute!r} from {module_name!r} ({error})"
+            ) from error
         if not callable(func):
-            raise ValueError(f"--reward_funcs {name!r}: expected a callable reward function, got "
-                             f"{type(func).__name__}")
+            raise ValueError(
+                f"--reward_funcs {name!r}: expected a callable reward function, got {type(func).__name__}"
+            )
         funcs.append(func)
     return funcs
 

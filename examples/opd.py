@@ -25,12 +25,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from _common import RerankScriptArguments, device_defaults, load_pretrained, load_rerank_datasets, model_init_kwargs
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from dgr2_trl.modeling import convert_to_block_diffusion, get_block_diffusion_settings
 from dgr2_trl.trainers import OnPolicyDistillConfig, OnPolicyDistillTrainer
-
-from _common import RerankScriptArguments, device_defaults, load_pretrained, load_rerank_datasets, model_init_kwargs
 
 
 @dataclass

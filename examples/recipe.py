@@ -1,10 +1,11 @@
 """The main job (same as the `dgr2-recipe` console script); see `dgr2_trl/recipe/cli.py` for the options.
 
-    python examples/recipe.py                 # default preset, CPU, <= 30 minutes
-    python examples/recipe.py --preset tiny   # seconds
+python examples/recipe.py                 # default preset, CPU, <= 30 minutes
+python examples/recipe.py --preset tiny   # seconds
 """
 
 from dgr2_trl.recipe.cli import main
+
 
 if __name__ == "__main__":
     main()

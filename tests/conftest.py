@@ -6,6 +6,7 @@ import torch
 from dgr2_trl.modeling import convert_to_block_diffusion, tiny_causal_lm
 from dgr2_trl.tokenization import train_chat_tokenizer
 
+
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "nail polish lip gloss shampoo conditioner face cream",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from ranking_rows import ITEMS, ranking_rows  # tests/ is this script's sys.path[0]
 
 import dgr2_trl.rewards.parsing as parsing
 import dgr2_trl.trainers.diffusion_grpo_trainer as grpo_module
@@ -37,7 +38,6 @@ from dgr2_trl.trainers import (
     OnPolicyDistillConfig,
     OnPolicyDistillTrainer,
 )
-from ranking_rows import ITEMS, ranking_rows  # tests/ is this script's sys.path[0]
 
 
 RANK = int(os.environ.get("RANK", 0))  # set by the launcher (torchrun) before any process group exists
@@ -87,19 +87,40 @@ def rows(n: int = 8) -> Dataset:
 
 
 def tokenizer():
-    return train_chat_tokenizer(["query rank these items into a ranking json list"] * 10, vocab_size=300,
-                                extra_special_tokens=ITEMS)
+    return train_chat_tokenizer(
+        ["query rank these items into a ranking json list"] * 10, vocab_size=300, extra_special_tokens=ITEMS
+    )
 
 
 def tiny(tok, seed=0):
-    return tiny_causal_lm(len(tok) + 1, "qwen3", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                          intermediate_size=64, seed=seed, initializer_range=0.5)
+    return tiny_causal_lm(
+        len(tok) + 1,
+        "qwen3",
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        seed=seed,
+        initializer_range=0.5,
+    )
 
 
 def common(out: Path, name: str) -> dict:
-    return dict(output_dir=str(out / name), max_steps=1, per_device_train_batch_size=2, report_to="none",
-                logging_steps=1, save_strategy="no", use_cpu=True, bf16=False, seed=0, learning_rate=1e-2,
-                disable_tqdm=True, dataloader_num_workers=0)
+    return dict(
+        output_dir=str(out / name),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
 
 
 def param_hash(model) -> str:
@@ -120,21 +141,35 @@ class RecordingSFT(DiffusionSFTTrainer):
 def build(name: str, out: Path):
     tok = tokenizer()
     if name == "sft":
-        args = DiffusionSFTConfig(**common(out, name), block_size=4, valid_rate_num_prompts=4,
-                                  valid_rate_max_new_tokens=8, activation_checkpointing=False)
+        args = DiffusionSFTConfig(
+            **common(out, name),
+            block_size=4,
+            valid_rate_num_prompts=4,
+            valid_rate_max_new_tokens=8,
+            activation_checkpointing=False,
+        )
         return RecordingSFT(tiny(tok), args=args, train_dataset=rows(), eval_dataset=rows(), processing_class=tok)
     if name == "opd":
         student, student_tok = convert_to_block_diffusion(tiny(tok), copy.deepcopy(tok), block_size=4)
-        args = OnPolicyDistillConfig(**common(out, name), max_completion_length=8, num_rollouts_per_prompt=2,
-                                     teacher_top_k=4, temperature=1.0, gradient_checkpointing=False)
-        return OnPolicyDistillTrainer(student, tiny(tok, seed=1), args=args, train_dataset=rows(),
-                                      processing_class=student_tok)
+        args = OnPolicyDistillConfig(
+            **common(out, name),
+            max_completion_length=8,
+            num_rollouts_per_prompt=2,
+            teacher_top_k=4,
+            temperature=1.0,
+            gradient_checkpointing=False,
+        )
+        return OnPolicyDistillTrainer(
+            student, tiny(tok, seed=1), args=args, train_dataset=rows(), processing_class=student_tok
+        )
     if name == "grpo":
         options = {**common(out, name), "per_device_train_batch_size": 4}
-        args = DiffusionGRPOConfig(**options, num_generations=4, max_completion_length=8, block_size=4,
-                                   threshold=0.5, temperature=1.0)
-        return DiffusionGRPOTrainer(tiny(tok), reward_funcs=[recorded_reward], args=args, train_dataset=rows(),
-                                    processing_class=tok)
+        args = DiffusionGRPOConfig(
+            **options, num_generations=4, max_completion_length=8, block_size=4, threshold=0.5, temperature=1.0
+        )
+        return DiffusionGRPOTrainer(
+            tiny(tok), reward_funcs=[recorded_reward], args=args, train_dataset=rows(), processing_class=tok
+        )
     raise ValueError(f"unknown trainer {name!r}")
 
 
@@ -147,9 +182,15 @@ def run(name: str, out: Path) -> None:
     trainer.train()
     if name == "sft":
         trainer.evaluate()
-    result = {"trainer": name, "rank": RANK, "world_size": trainer.accelerator.num_processes,
-              "hash_before": before, "hash_after": param_hash(trainer.accelerator.unwrap_model(trainer.model)),
-              "log_history": trainer.state.log_history, **RECORD}
+    result = {
+        "trainer": name,
+        "rank": RANK,
+        "world_size": trainer.accelerator.num_processes,
+        "hash_before": before,
+        "hash_after": param_hash(trainer.accelerator.unwrap_model(trainer.model)),
+        "log_history": trainer.state.log_history,
+        **RECORD,
+    }
     (out / f"{name}_rank{RANK}.json").write_text(json.dumps(result, indent=1))
 
 

@@ -5,6 +5,7 @@ import random
 
 from datasets import Dataset
 
+
 ITEMS = [f"<i_{i}>" for i in range(12)]
 
 
@@ -14,9 +15,13 @@ def ranking_rows(n: int) -> Dataset:
     data = []
     for k in range(n):
         candidates = rng.sample(ITEMS, 4)
-        data.append({
-            "prompt": [{"role": "user", "content": f"query {k}: rank " + " ".join(candidates)}],
-            "completion": [{"role": "assistant", "content": json.dumps({"ranking": candidates})}],
-            "candidates": candidates, "target": candidates[1], "pre_rank": 1,
-        })
+        data.append(
+            {
+                "prompt": [{"role": "user", "content": f"query {k}: rank " + " ".join(candidates)}],
+                "completion": [{"role": "assistant", "content": json.dumps({"ranking": candidates})}],
+                "candidates": candidates,
+                "target": candidates[1],
+                "pre_rank": 1,
+            }
+        )
     return Dataset.from_list(data)

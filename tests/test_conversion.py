@@ -6,7 +6,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from dgr2_trl import convert_to_block_diffusion, get_block_diffusion_settings
-from dgr2_trl.modeling import decoder_hidden_states, build_training_layout, tiny_causal_lm
+from dgr2_trl.modeling import build_training_layout, decoder_hidden_states, tiny_causal_lm
 from tests.conftest import make_model
 
 
@@ -80,7 +80,9 @@ def test_attention_that_ignores_4d_masks_is_detected(tokenizer):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_block_size_one_layout_reproduces_ar_logits(tokenizer, architecture, attn_implementation):
     """A converted model trained/scored at block size 1 computes exactly the AR model's next-token logits."""
-    model = make_model(tokenizer, architecture)  # the AR reference runs on sdpa (HF's eager NaNs on left padding in fp64)
+    model = make_model(
+        tokenizer, architecture
+    )  # the AR reference runs on sdpa (HF's eager NaNs on left padding in fp64)
     converted = copy.deepcopy(model)
     converted.set_attn_implementation(attn_implementation)
     converted, tok = convert_to_block_diffusion(converted, copy.deepcopy(tokenizer), block_size=1)
@@ -89,13 +91,17 @@ def test_block_size_one_layout_reproduces_ar_logits(tokenizer, architecture, att
     completion_ids = torch.tensor([[31, 32, 33, 34], [41, 42, 0, 0]])
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     noisy = completion_mask.bool()  # everything masked: still plain AR at block size 1
-    layout = build_training_layout(prompt_ids, prompt_mask, completion_ids, completion_mask, noisy, tok.mask_token_id, 1)
+    layout = build_training_layout(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, noisy, tok.mask_token_id, 1
+    )
     hidden = decoder_hidden_states(converted, layout.input_ids, layout.position_ids, layout.attention_mask)
     rows = torch.arange(2)[:, None]
     layout_logits = converted.lm_head(hidden[rows, layout.predictor_column])
     full_ids = torch.cat([prompt_ids, completion_ids], 1)
     full_mask = torch.cat([prompt_mask, completion_mask], 1)
-    ar_logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits
+    ar_logits = model(
+        input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
+    ).logits
     expected = ar_logits[:, 4:8]  # column i-1 predicts completion token i
     valid = completion_mask.bool()
     # HF's eager attention takes its softmax in float32, hence the looser tolerance there

@@ -78,8 +78,12 @@ def toy_folder(tmp_path):
     folder = tmp_path / "toy"
     folder.mkdir()
     seqs = [[1, 2, 3, 4, 5], [2, 3, 4, 5, 6], [1, 3, 5, 2, 4], [6, 5, 4, 3, 2], [1, 2, 4, 6, 3]] * 4
-    (folder / "sequential_data_int.txt").write_text("\n".join(f"{u + 1} " + " ".join(map(str, s)) for u, s in enumerate(seqs)))
-    (folder / "items.tsv").write_text("item_id\tasin\ttitle\n" + "".join(f"{i}\tX{i}\ttoy item {i}\n" for i in range(1, 8)))
+    (folder / "sequential_data_int.txt").write_text(
+        "\n".join(f"{u + 1} " + " ".join(map(str, s)) for u, s in enumerate(seqs))
+    )
+    (folder / "items.tsv").write_text(
+        "item_id\tasin\ttitle\n" + "".join(f"{i}\tX{i}\ttoy item {i}\n" for i in range(1, 8))
+    )
     return folder
 
 
@@ -113,12 +117,20 @@ def test_slot_ids_name_candidates_by_position():
 def test_short_trace_evidence_comes_from_the_prompt_only():
     from dgr2_trl.data import build_short_trace
 
-    titles = {"h1": "Argan Oil Shampoo", "h2": "Red Nail Polish", "a": "Argan Hair Mask", "b": "Nail Polish Remover",
-              "c": "Blue Eyeliner", "d": "Argan Oil Serum Extra"}
+    titles = {
+        "h1": "Argan Oil Shampoo",
+        "h2": "Red Nail Polish",
+        "a": "Argan Hair Mask",
+        "b": "Nail Polish Remover",
+        "c": "Blue Eyeliner",
+        "d": "Argan Oil Serum Extra",
+    }
     cands = ["a", "b", "c", "d"]
     # most shared with the most recent item (h2) first, then most shared overall, then prompt order
-    assert build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles) == \
-        "Related: b nail polish; d argan oil; a argan. Best: c."
+    assert (
+        build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles)
+        == "Related: b nail polish; d argan oil; a argan. Best: c."
+    )
     # the evidence does not depend on the answer
     other = build_short_trace(["h1", "h2"], cands, ["a", "b", "c", "d"], titles)
     assert other.split("Best:")[0] == "Related: b nail polish; d argan oil; a argan. " and other.endswith("Best: a.")
@@ -126,14 +138,23 @@ def test_short_trace_evidence_comes_from_the_prompt_only():
     assert build_short_trace(["h1"], ["d"], ["d"], titles, max_title_words=1) == "Related: d argan. Best: d."
     assert build_short_trace(["h2"], ["c"], ["c"], titles) == "Related: none. Best: c."
     # without the words: the same candidates in the same order
-    assert build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles, with_words=False) == \
-        "Related: b; d; a. Best: c."
+    assert (
+        build_short_trace(["h1", "h2"], cands, ["c", "a", "b", "d"], titles, with_words=False)
+        == "Related: b; d; a. Best: c."
+    )
 
 
 @pytest.mark.parametrize("trace_style", ["short", "ids"])
 def test_compact_prompt_and_short_trace_dataset(trace_style):
-    data = build_rerank_datasets(id_scheme="slot", max_train_queries=30, max_eval_queries=5, history_length=3,
-                                 max_title_words=4, prompt_style="compact", trace_style=trace_style)
+    data = build_rerank_datasets(
+        id_scheme="slot",
+        max_train_queries=30,
+        max_eval_queries=5,
+        history_length=3,
+        max_title_words=4,
+        prompt_style="compact",
+        trace_style=trace_style,
+    )
     for row in data.test:
         assert [m["role"] for m in row["prompt"]] == ["user"]
         lines = row["prompt"][0]["content"].split("\n")
@@ -156,16 +177,19 @@ def test_eval_sample_does_not_depend_on_training_settings():
     assert a.test["user_id"] == b.test["user_id"] and a.validation["user_id"] == b.validation["user_id"]
 
 
-@pytest.mark.parametrize("argument, value, expected", [
-    ("num_candidates", 0, "an int >= 1"),  # was a bare IndexError
-    ("num_candidates", -2, "an int >= 1"),
-    ("num_candidates", 2.5, "an int >= 1"),
-    ("history_length", -1, "an int >= 0"),  # was silently no history, then an IndexError in the full trace
-    ("history_length", 1.0, "an int >= 0"),
-    ("max_title_words", 0, "an int >= 1"),  # was every title shown as "..."
-    ("max_title_words", -3, "an int >= 1"),
-    ("candidate_title_words", -1, "an int >= 0"),
-])
+@pytest.mark.parametrize(
+    "argument, value, expected",
+    [
+        ("num_candidates", 0, "an int >= 1"),  # was a bare IndexError
+        ("num_candidates", -2, "an int >= 1"),
+        ("num_candidates", 2.5, "an int >= 1"),
+        ("history_length", -1, "an int >= 0"),  # was silently no history, then an IndexError in the full trace
+        ("history_length", 1.0, "an int >= 0"),
+        ("max_title_words", 0, "an int >= 1"),  # was every title shown as "..."
+        ("max_title_words", -3, "an int >= 1"),
+        ("candidate_title_words", -1, "an int >= 0"),
+    ],
+)
 def test_bad_counts_raise_first_naming_the_argument(tmp_path, argument, value, expected):
     # a folder that does not exist: the arguments are checked before any data is read
     with pytest.raises(ValueError, match=rf"^{argument} must be {expected} \(.*\), got {value!r}$"):
@@ -174,20 +198,44 @@ def test_bad_counts_raise_first_naming_the_argument(tmp_path, argument, value, e
 
 def test_history_length_zero_shows_no_history(tmp_path):
     folder = toy_folder(tmp_path)
-    compact = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=0, prompt_style="compact",
-                                    trace_style="short", seed=1)
+    compact = build_rerank_datasets(
+        folder,
+        id_scheme="plain",
+        num_candidates=3,
+        history_length=0,
+        prompt_style="compact",
+        trace_style="short",
+        seed=1,
+    )
     for row in compact.test:
         assert row["history"] == []
         lines = row["prompt"][0]["content"].split("\n")
         assert lines[:2] == ["History:", "Candidates:"]  # the heading stays, nothing under it
         assert row["completion"][0]["content"].startswith("Related: none. Best: ")
-    evidence = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=0,
-                                     prompt_style="evidence", trace_style="evidence", seed=1)
-    assert all(row["history"] == [] and row["prompt"][0]["content"].startswith("Candidates:\n") for row in evidence.test)
-    one = build_rerank_datasets(folder, id_scheme="plain", num_candidates=3, history_length=1, prompt_style="compact",
-                                trace_style="short", seed=1)
-    assert all(len(row["history"]) == 1 and row["prompt"][0]["content"].split("\n")[2] == "Candidates:"
-               for row in one.test)
+    evidence = build_rerank_datasets(
+        folder,
+        id_scheme="plain",
+        num_candidates=3,
+        history_length=0,
+        prompt_style="evidence",
+        trace_style="evidence",
+        seed=1,
+    )
+    assert all(
+        row["history"] == [] and row["prompt"][0]["content"].startswith("Candidates:\n") for row in evidence.test
+    )
+    one = build_rerank_datasets(
+        folder,
+        id_scheme="plain",
+        num_candidates=3,
+        history_length=1,
+        prompt_style="compact",
+        trace_style="short",
+        seed=1,
+    )
+    assert all(
+        len(row["history"]) == 1 and row["prompt"][0]["content"].split("\n")[2] == "Candidates:" for row in one.test
+    )
     # the templated trace starts from the most recent history item: with none shown it was an IndexError
     with pytest.raises(ValueError, match=r"trace_style='full' .* needs history_length >= 1"):
         build_rerank_datasets(folder, history_length=0, trace_style="full")

@@ -6,14 +6,36 @@ import pytest
 from dgr2_trl.data import build_rerank_datasets, load_amazon_beauty
 from dgr2_trl.data.evidence import FEATURES, EvidenceModel, evidence_tokens
 from dgr2_trl.data.feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
-from dgr2_trl.data.prompts import build_completion, build_evidence_trace, build_prompt, build_score_trace, evidence_string, score_level_tokens
+from dgr2_trl.data.prompts import (
+    build_completion,
+    build_evidence_trace,
+    build_prompt,
+    build_score_trace,
+    evidence_string,
+    score_level_tokens,
+)
 from dgr2_trl.recipe.analysis import trace_agreement, trace_of
 from dgr2_trl.rewards import parse_ranking
 
-TITLES = {i: t for i, t in enumerate([
-    "Acme Rose Lip Balm", "Acme Rose Hand Cream", "Brio Nail Polish Red", "Brio Nail Polish Blue",
-    "Cara Shampoo Mint", "Cara Conditioner Mint", "Dove Soap Bar", "Elan Eye Liner", "Elan Eye Shadow",
-    "Fizz Bath Bomb", "Gala Face Mask", "Hale Sun Cream"])}
+
+TITLES = dict(
+    enumerate(
+        [
+            "Acme Rose Lip Balm",
+            "Acme Rose Hand Cream",
+            "Brio Nail Polish Red",
+            "Brio Nail Polish Blue",
+            "Cara Shampoo Mint",
+            "Cara Conditioner Mint",
+            "Dove Soap Bar",
+            "Elan Eye Liner",
+            "Elan Eye Shadow",
+            "Fizz Bath Bomb",
+            "Gala Face Mask",
+            "Hale Sun Cream",
+        ]
+    )
+)
 SEQUENCES = [[0, 1, 2, 3, 4, 5], [2, 3, 7, 8, 0, 1], [4, 5, 6, 9, 10, 11], [7, 8, 2, 3, 1, 0], [9, 10, 11, 4, 5, 6]]
 
 
@@ -69,8 +91,9 @@ def test_feature_ranker_learns_a_rule_and_out_of_fold_scores_ignore_their_own_ta
 def test_evidence_prompt_and_trace_come_from_the_prompt_only():
     candidates = ["[1]", "[2]", "[3]"]
     evidence = [[7, 0, 0, 1, 0, 3], [5, 6, 4, 0, 7, 2], [2, 3, 0, 0, 0, 1]]
-    prompt = build_prompt(["11", "12"], candidates, {"11": "Acme Rose Balm", "12": "Brio Nail"}, 2, "evidence",
-                          evidence=evidence)[0]["content"]
+    prompt = build_prompt(
+        ["11", "12"], candidates, {"11": "Acme Rose Balm", "12": "Brio Nail"}, 2, "evidence", evidence=evidence
+    )[0]["content"]
     assert "[2]<s5><c6><t4><v0><b7><p2>" in prompt and "11 Acme Rose..." in prompt
     trace = build_evidence_trace(candidates, evidence)
     # most related first ([2]: 6+4+7), its two strongest relation levels; [1] has only the svd level 1
@@ -103,8 +126,15 @@ def test_level_scorer_is_a_sum_of_token_weights():
     levels = rng.integers(0, 8, size=(300, 4, len(FEATURES)))
     targets = levels[..., 2].argmax(axis=1)  # the true item has the highest level of feature 2
     scorer = LevelScorer(epochs=100).fit(levels, targets)
-    manual = np.array([[sum(scorer.weights[f, lv[f]] for f in range(len(FEATURES))) + scorer.position_weights[k]
-                        for k, lv in enumerate(q)] for q in levels[:5]])
+    manual = np.array(
+        [
+            [
+                sum(scorer.weights[f, lv[f]] for f in range(len(FEATURES))) + scorer.position_weights[k]
+                for k, lv in enumerate(q)
+            ]
+            for q in levels[:5]
+        ]
+    )
     np.testing.assert_allclose(scorer.scores(levels[:5]), manual, rtol=0, atol=1e-12)
     assert (scorer.scores(levels).argmax(1) == targets).mean() > 0.8
     assert scorer.weights[2, 7] > scorer.weights[2, 0]
@@ -132,9 +162,18 @@ CONFIGS = {
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def evidence_data(request):
     return request.param, build_rerank_datasets(
-        load_amazon_beauty(), id_scheme="slot", prompt_style="evidence", insert_target_fraction=0.0,
-        history_length=3, max_title_words=2, promote_top=3, max_train_queries=6000, max_eval_queries=300, seed=0,
-        **CONFIGS[request.param])
+        load_amazon_beauty(),
+        id_scheme="slot",
+        prompt_style="evidence",
+        insert_target_fraction=0.0,
+        history_length=3,
+        max_title_words=2,
+        promote_top=3,
+        max_train_queries=6000,
+        max_eval_queries=300,
+        seed=0,
+        **CONFIGS[request.param],
+    )
 
 
 def test_evidence_datasets_on_beauty(evidence_data):
@@ -159,7 +198,9 @@ def test_evidence_datasets_on_beauty(evidence_data):
                 order = [cands[k] for k in order_by_score_levels(row["score_levels"])]
             # three promoted, the rest in prompt order
             assert ranking == order[:3] + [c for c in cands if c not in order[:3]]
-            assert all(f"{c}{evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"]))
+            assert all(
+                f"{c}{evidence_string(e)}" in row["prompt"][0]["content"] for c, e in zip(cands, row["evidence"])
+            )
     # the trace depends on the prompt: it varies across queries
     assert len({trace_of(r["completion"][0]["content"]) for r in d.test}) > 250
     if config == "evidence_score":

@@ -23,7 +23,11 @@ def test_kmeans_recovers_separated_clusters_deterministically():
 
 def test_single_and_plain_schemes():
     single = make_item_ids("single", [3, 1, 2], [], {})
-    assert single.id_of == {1: "<i_1>", 2: "<i_2>", 3: "<i_3>"} and single.special_tokens == ["<i_1>", "<i_2>", "<i_3>"]
+    assert single.id_of == {1: "<i_1>", 2: "<i_2>", 3: "<i_3>"} and single.special_tokens == [
+        "<i_1>",
+        "<i_2>",
+        "<i_3>",
+    ]
     plain = make_item_ids("plain", [3, 1], [], {})
     assert plain.id_of == {1: "1", 3: "3"} and plain.special_tokens == [] and plain.item_of == {"1": 1, "3": 3}
     with pytest.raises(ValueError, match="unknown id_scheme"):
@@ -72,7 +76,9 @@ def test_semantic_prefixes_group_similar_titles(beauty_ids):
 
 def test_tokenizer_keeps_each_id_token_whole(beauty_ids):
     _, ids = beauty_ids
-    tok = train_chat_tokenizer(["nail polish", "lip gloss"] * 10, vocab_size=300, extra_special_tokens=ids.special_tokens)
+    tok = train_chat_tokenizer(
+        ["nail polish", "lip gloss"] * 10, vocab_size=300, extra_special_tokens=ids.special_tokens
+    )
     sample = ids.id_of[1] + " OPI"
     pieces = tok.convert_ids_to_tokens(tok(sample)["input_ids"])
     assert pieces[:4] == re.findall(r"<[a-d]_\d+>", ids.id_of[1])

@@ -5,13 +5,22 @@ import random
 import numpy as np
 import pytest
 
-from dgr2_trl.data import TransitionPreRanker, leave_one_out_split, load_amazon_beauty, ranking_metrics, training_queries
+from dgr2_trl.data import (
+    TransitionPreRanker,
+    leave_one_out_split,
+    load_amazon_beauty,
+    ranking_metrics,
+    training_queries,
+)
 
 
 def test_split_hand_case():
     split = leave_one_out_split([[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]], user_ids=[10, 20, 30])
     assert split.train == [[1, 2, 3], [6, 7], [8]]
-    assert [(q.user_id, q.history, q.target, q.position) for q in split.validation] == [(10, (1, 2, 3), 4, 3), (30, (8,), 9, 1)]
+    assert [(q.user_id, q.history, q.target, q.position) for q in split.validation] == [
+        (10, (1, 2, 3), 4, 3),
+        (30, (8,), 9, 1),
+    ]
     assert [(q.user_id, q.history, q.target) for q in split.test] == [(10, (1, 2, 3, 4), 5), (30, (8, 9), 10)]
     queries = training_queries(split, [10, 20, 30], positions_per_user=2)
     assert [(q.user_id, q.history, q.target) for q in queries] == [(10, (1, 2), 3), (10, (1,), 2), (20, (6,), 7)]
@@ -19,7 +28,9 @@ def test_split_hand_case():
 
 def test_scores_hand_computed():
     # transitions only: 1->2 twice, 1->3 once, 2->3 once
-    pr = TransitionPreRanker(window=2, recency_decay=0.5, max_gap=1, reverse_weight=0.0, smoothing=0.0, popularity_weight=0.0)
+    pr = TransitionPreRanker(
+        window=2, recency_decay=0.5, max_gap=1, reverse_weight=0.0, smoothing=0.0, popularity_weight=0.0
+    )
     pr.fit([[1, 2], [1, 2, 3], [1, 3], [4]], catalogue=[1, 2, 3, 4, 5])
     s = pr.scores([2, 1])  # most recent is 1 (weight 1), then 2 (weight 0.5)
     assert s[3] == pytest.approx(1 / 3 + 0.5 * 1.0)
@@ -72,7 +83,8 @@ def test_real_data_training_queries_leak_corrected(beauty_split):
     queries = random.Random(0).sample(training_queries(split, data.user_ids), 3000)
     leaky = ranking_metrics([pr.top_k(q.history) for q in queries], [q.target for q in queries])
     fixed = ranking_metrics(
-        [pr.top_k(q.history, own_prefix=split.train[q.user_index], position=q.position) for q in queries], [q.target for q in queries]
+        [pr.top_k(q.history, own_prefix=split.train[q.user_index], position=q.position) for q in queries],
+        [q.target for q in queries],
     )
     assert leaky["hr@10"] > 0.5
     assert 0.05 < fixed["hr@10"] < 0.2  # like validation/test (~0.08-0.11)

@@ -19,6 +19,7 @@ from dgr2_trl.evaluation.compare import (
     write_jsonl,
 )
 
+
 ITEMS = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -203,9 +204,11 @@ def test_recipe_seed_aggregation(tmp_path):
         d = tmp_path / f"seed{seed}"
         d.mkdir()
         teacher = {"recall@3": {"diff": r3 - 0.5, "low": 0.0, "high": 0.2}, "identical_rate": 0.1, "n": 10}
-        results = {"preset": {"seed": seed},
-                   "stages": {"floor": {"recall@3": 0.5}, "ar": {"recall@3": r3, "valid_rate": 1.0}},
-                   "comparisons": {"teacher_vs_floor": {"test": teacher}, "vs_teacher": {}}}
+        results = {
+            "preset": {"seed": seed},
+            "stages": {"floor": {"recall@3": 0.5}, "ar": {"recall@3": r3, "valid_rate": 1.0}},
+            "comparisons": {"teacher_vs_floor": {"test": teacher}, "vs_teacher": {}},
+        }
         (d / "results.json").write_text(json.dumps(results))
         dirs.append(d)
     summary = aggregate_runs(dirs)

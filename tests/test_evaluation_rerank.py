@@ -10,6 +10,7 @@ from dgr2_trl.evaluation import binomial_lower_bound, evaluate_prerank_floor, ev
 from dgr2_trl.rewards import ColumnValueError
 from dgr2_trl.samplers.output import GenerationOutput
 
+
 CANDS = ["a", "b", "c", "d", "e"]
 
 
@@ -55,7 +56,9 @@ def test_metrics_fallback_and_throughput():
         "q1": ans("b", "a"),                 # invalid (missing) -> pre-ranker order, target a first
         "q2": "no answer at all",            # invalid (unparsable) -> pre-ranker order, e last
     })  # fmt: skip
-    result = evaluate_reranker(sampler, make_dataset(), max_new_tokens=32, batch_size=2, show_progress=False, temperature=0.0)
+    result = evaluate_reranker(
+        sampler, make_dataset(), max_new_tokens=32, batch_size=2, show_progress=False, temperature=0.0
+    )
     assert [c[:2] for c in sampler.calls] == [(2, 32), (1, 32)]
     assert sampler.calls[0][2] == {"temperature": 0.0}
     assert result["n"] == 3
@@ -112,15 +115,18 @@ def test_binomial_lower_bound():
         binomial_lower_bound(5, 4)
 
 
-@pytest.mark.parametrize("column, value, problem", [
-    # a CSV/Parquet round trip: was read per character, every answer invalid, R@3 reported as 0.0
-    ("candidates", json.dumps(CANDS), r"got the string '\[\"a\", .*json.loads"),
-    ("candidates", ["a", "b", "b", "d", "e"], r"repeated id\(s\) 'b' x2"),
-    ("candidates", [], "got an empty list"),
-    ("candidates", ["a ", "b", "c", "d", "e"], "entry 0 'a ' is empty or has surrounding whitespace"),
-    ("target", ["c"], r"the target is \['c'\] \(list\), expected an id string"),
-    ("target", "c ", "the target 'c ' is empty or has surrounding whitespace"),
-])
+@pytest.mark.parametrize(
+    "column, value, problem",
+    [
+        # a CSV/Parquet round trip: was read per character, every answer invalid, R@3 reported as 0.0
+        ("candidates", json.dumps(CANDS), r"got the string '\[\"a\", .*json.loads"),
+        ("candidates", ["a", "b", "b", "d", "e"], r"repeated id\(s\) 'b' x2"),
+        ("candidates", [], "got an empty list"),
+        ("candidates", ["a ", "b", "c", "d", "e"], "entry 0 'a ' is empty or has surrounding whitespace"),
+        ("target", ["c"], r"the target is \['c'\] \(list\), expected an id string"),
+        ("target", "c ", "the target 'c ' is empty or has surrounding whitespace"),
+    ],
+)
 def test_mistyped_columns_are_refused_before_generating(column, value, problem):
     rows = make_dataset().to_list()
     rows[1][column] = value

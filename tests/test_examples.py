@@ -15,6 +15,7 @@ from datasets import DatasetDict
 
 from tests.ranking_rows import ranking_rows
 
+
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = ("sft_ar", "cft", "opd", "grpo")
 
@@ -96,8 +97,15 @@ def test_help_exits_cleanly(name, capsys):
         load_example(name).make_parser().parse_args_into_dataclasses(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--dataset_name", "--use_peft", "--lora_r", "--dtype", "--attn_implementation",
-                 "--model_name_or_path", "--resume_from_checkpoint"):
+    for flag in (
+        "--dataset_name",
+        "--use_peft",
+        "--lora_r",
+        "--dtype",
+        "--attn_implementation",
+        "--model_name_or_path",
+        "--resume_from_checkpoint",
+    ):
         assert flag in text, (name, flag)
     if name == "grpo":
         assert "--reward_funcs" in text
@@ -107,8 +115,13 @@ def test_help_exits_cleanly(name, capsys):
 
 def test_help_as_a_script(tmp_path):
     """Run as a script from any folder, an example finds its sibling `_common` module without any path set up."""
-    result = subprocess.run([sys.executable, str(EXAMPLES_DIR / "cft.py"), "--help"], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / "cft.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--use_peft" in result.stdout and "--dataset_name" in result.stdout
 
@@ -218,8 +231,9 @@ def test_dataset_name_takes_local_data(data_dir, tmp_path):
     assert (len(data.train), len(data.eval)) == (3, 2)
 
     folder = _two_file_folder(tmp_path / "two-file")
-    data = load_rerank_datasets(RerankScriptArguments(dataset_name=str(folder), max_train_queries=5,
-                                                      max_eval_queries=3))
+    data = load_rerank_datasets(
+        RerankScriptArguments(dataset_name=str(folder), max_train_queries=5, max_eval_queries=3)
+    )
     assert data.built is not None and (len(data.train), len(data.eval)) == (5, 3)
     assert {"prompt", "completion", "candidates", "target", "pre_rank"} <= set(data.train.column_names)
 
@@ -234,11 +248,13 @@ def test_dataset_name_takes_local_data(data_dir, tmp_path):
 
 def test_quantized_loading_is_refused_with_the_flag_named():
     load_example("cft")
-    from trl import ModelConfig
-
     from _common import model_init_kwargs
+    from trl import ModelConfig
 
     with pytest.raises(ValueError, match="--load_in_4bit / --load_in_8bit are not supported"):
         model_init_kwargs(ModelConfig(load_in_4bit=True))
     assert model_init_kwargs(ModelConfig(dtype="bfloat16", attn_implementation="eager"), {"gguf_file": "m.gguf"}) == {
-        "dtype": "bfloat16", "attn_implementation": "eager", "gguf_file": "m.gguf"}
+        "dtype": "bfloat16",
+        "attn_implementation": "eager",
+        "gguf_file": "m.gguf",
+    }

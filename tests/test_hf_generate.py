@@ -14,6 +14,7 @@ from dgr2_trl.samplers.hf_generate import CUSTOM_GENERATE_FILE
 
 from .conftest import PROMPTS, make_converted
 
+
 MAX_NEW = 10
 
 
@@ -24,11 +25,17 @@ def sampler_rows(model, tok, threshold=0.9, **kwargs):
 
 def generated_rows(model, tok, **kwargs):
     ids, mask = encode_prompts(tok, PROMPTS)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, **kwargs)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=MAX_NEW,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kwargs,
+    )
     assert torch.equal(out[:, : ids.shape[1]], ids)  # HF's shape: the prompt, then the completion
     rows = []
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in out[:, ids.shape[1] :].tolist():
         # after the first EOS HF pads with the pad token; the sampler's row ends at that EOS
         cut = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
         rows.append(row[:cut])
@@ -72,8 +79,12 @@ def test_pipeline_decodes_blocks(tokenizer):
 def test_what_it_cannot_honour_is_refused(tokenizer):
     model, tok = make_converted(tokenizer, block_size=4)
     ids, mask = encode_prompts(tok, PROMPTS[:1])
-    for kwargs in (dict(num_beams=2), dict(streamer=object()), dict(do_sample=True, top_p=0.9),
-                   dict(no_such_argument=3)):
+    for kwargs in (
+        dict(num_beams=2),
+        dict(streamer=object()),
+        dict(do_sample=True, top_p=0.9),
+        dict(no_such_argument=3),
+    ):
         with pytest.raises(ValueError, match="BlockDiffusionSampler|not supported"):
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, pad_token_id=0, **kwargs)
     with pytest.raises(ValueError, match="nothing to generate"):
@@ -85,8 +96,16 @@ def test_trainer_model_card_shows_the_sampler_not_pipeline(tmp_path):
 
     from dgr2_trl.trainers.model_card import rewrite_quick_start
 
-    card = generate_model_card(base_model=None, model_name="m", hub_model_id="me/m", dataset_name=None, tags=[],
-                               wandb_url=None, trackio_url=None, trainer_name="DiffusionSFT")
+    card = generate_model_card(
+        base_model=None,
+        model_name="m",
+        hub_model_id="me/m",
+        dataset_name=None,
+        tags=[],
+        wandb_url=None,
+        trackio_url=None,
+        trainer_name="DiffusionSFT",
+    )
     path = tmp_path / "README.md"
     card.save(str(path))
     assert 'pipeline("text-generation"' in path.read_text()

@@ -6,8 +6,6 @@ OPD and GRPO are covered in full here; DiffusionSFTTrainer's adapter training is
 is only run here for the save/reload part.
 """
 
-import copy
-
 import pytest
 import torch
 from datasets import Dataset
@@ -43,10 +41,20 @@ def length_reward(prompts, completions, **kwargs):
 @pytest.fixture(scope="module")
 def converted_base(tmp_path_factory):
     """A converted block-diffusion base saved as a user would keep it (the output of CFT), with its tokenizer."""
-    tok = train_chat_tokenizer(["query rank these items into a ranking json list"] * 10, vocab_size=300,
-                               extra_special_tokens=ITEMS)
-    ar = tiny_causal_lm(len(tok) + 1, "qwen3", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                        intermediate_size=64, seed=0, initializer_range=0.5)
+    tok = train_chat_tokenizer(
+        ["query rank these items into a ranking json list"] * 10, vocab_size=300, extra_special_tokens=ITEMS
+    )
+    ar = tiny_causal_lm(
+        len(tok) + 1,
+        "qwen3",
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        seed=0,
+        initializer_range=0.5,
+    )
     model, tok = convert_to_block_diffusion(ar, tok, block_size=BLOCK["block_size"])
     path = tmp_path_factory.mktemp("base")
     model.save_pretrained(path)
@@ -58,23 +66,55 @@ def build(name, base_path, out):
     model = AutoModelForCausalLM.from_pretrained(base_path)
     tok = AutoTokenizer.from_pretrained(base_path)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    common = dict(output_dir=str(out), max_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
-                  learning_rate=3e-2, seed=0, disable_tqdm=True)
+    common = dict(
+        output_dir=str(out),
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        learning_rate=3e-2,
+        seed=0,
+        disable_tqdm=True,
+    )
     if name == "sft":
         args = DiffusionSFTConfig(**common, per_device_train_batch_size=4, activation_checkpointing=False)
         return DiffusionSFTTrainer(model, args=args, train_dataset=rows(), processing_class=tok, peft_config=lora)
     if name == "opd":
-        teacher = tiny_causal_lm(len(tok), "qwen3", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                                 intermediate_size=64, seed=1, initializer_range=0.5)
-        args = OnPolicyDistillConfig(**common, per_device_train_batch_size=2, max_completion_length=8,
-                                     num_rollouts_per_prompt=2, teacher_top_k=4, temperature=1.0,
-                                     gradient_checkpointing=False)
-        return OnPolicyDistillTrainer(model, teacher, args=args, train_dataset=rows(), processing_class=tok,
-                                      peft_config=lora)
-    args = DiffusionGRPOConfig(**common, per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-                               threshold=0.5, temperature=1.0)
-    return DiffusionGRPOTrainer(model, reward_funcs=[length_reward], args=args, train_dataset=rows(),
-                                processing_class=tok, peft_config=lora)
+        teacher = tiny_causal_lm(
+            len(tok),
+            "qwen3",
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            seed=1,
+            initializer_range=0.5,
+        )
+        args = OnPolicyDistillConfig(
+            **common,
+            per_device_train_batch_size=2,
+            max_completion_length=8,
+            num_rollouts_per_prompt=2,
+            teacher_top_k=4,
+            temperature=1.0,
+            gradient_checkpointing=False,
+        )
+        return OnPolicyDistillTrainer(
+            model, teacher, args=args, train_dataset=rows(), processing_class=tok, peft_config=lora
+        )
+    args = DiffusionGRPOConfig(
+        **common,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        threshold=0.5,
+        temperature=1.0,
+    )
+    return DiffusionGRPOTrainer(
+        model, reward_funcs=[length_reward], args=args, train_dataset=rows(), processing_class=tok, peft_config=lora
+    )
 
 
 def decode(model, tok):
@@ -90,7 +130,7 @@ def test_lora_step_trains_the_adapter_only_and_reloads(converted_base, tmp_path,
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
 
-    trained = {n: p for n, p in trainer.model.named_parameters()}
+    trained = dict(trainer.model.named_parameters())
     changed = {n for n, p in trained.items() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed), sorted(changed)
     assert any("lora_B" in n for n in changed)  # lora_B starts at zero: the adapter now does something

@@ -12,8 +12,9 @@ from dgr2_trl.modeling import (
     sample_block_noise,
 )
 from dgr2_trl.modeling.masks import position_ids_from_mask
-from dgr2_trl.modeling.noise import BlockNoise, CosineSchedule, LinearSchedule, get_schedule
+from dgr2_trl.modeling.noise import CosineSchedule, LinearSchedule, get_schedule
 from tests.conftest import make_converted
+
 
 PROMPT_IDS = torch.tensor([[0, 0, 40, 41, 42], [50, 51, 52, 53, 54]])
 PROMPT_MASK = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -22,7 +23,9 @@ COMPLETION_MASK = torch.tensor([[1] * 10, [1] * 7 + [0] * 3])
 
 
 def layout_log_probs(model, mask_id, block_size, noisy, completion_ids=COMPLETION_IDS, prompt_ids=PROMPT_IDS):
-    layout = build_training_layout(prompt_ids, PROMPT_MASK, completion_ids, COMPLETION_MASK, noisy, mask_id, block_size)
+    layout = build_training_layout(
+        prompt_ids, PROMPT_MASK, completion_ids, COMPLETION_MASK, noisy, mask_id, block_size
+    )
     hidden = decoder_hidden_states(model, layout.input_ids, layout.position_ids, layout.attention_mask)
     logits = model.lm_head(hidden[torch.arange(2)[:, None], layout.predictor_column])
     return log_probs_without_mask(logits, mask_id)
@@ -39,18 +42,31 @@ def test_training_layout_equals_decoding_a_block_against_the_kv_cache(tokenizer)
         # cache: the prompt and the clean blocks before this one; then one pass over the partially masked block
         clean_ids = torch.cat([PROMPT_IDS, COMPLETION_IDS[:, :start]], 1)
         clean_valid = torch.cat([PROMPT_MASK, torch.ones(2, start, dtype=torch.long)], 1).bool()
-        clean_blocks = torch.cat([torch.arange(5).expand(2, 5), 5 + torch.arange(start).expand(2, start) // block_size], 1)
+        clean_blocks = torch.cat(
+            [torch.arange(5).expand(2, 5), 5 + torch.arange(start).expand(2, start) // block_size], 1
+        )
         cache = DynamicCache(config=model.config)
         no = torch.zeros_like(clean_valid)
-        forward_logits(model, clean_ids, position_ids_from_mask(clean_valid),
-                       block_attention_mask(clean_blocks, no, clean_blocks, no, clean_valid), torch.tensor([0]), cache)
+        forward_logits(
+            model,
+            clean_ids,
+            position_ids_from_mask(clean_valid),
+            block_attention_mask(clean_blocks, no, clean_blocks, no, clean_valid),
+            torch.tensor([0]),
+            cache,
+        )
         width = stop - start
         block_ids = torch.where(noisy[:, start:stop], mask_id, COMPLETION_IDS[:, start:stop])
         q_blocks = torch.full((2, width), 5 + block, dtype=torch.long)
         q_noisy = torch.ones(2, width, dtype=torch.bool)
         q_valid = COMPLETION_MASK[:, start:stop].bool()
-        allowed = block_attention_mask(q_blocks, q_noisy, torch.cat([clean_blocks, q_blocks], 1),
-                                       torch.cat([no, q_noisy], 1), torch.cat([clean_valid, q_valid], 1))
+        allowed = block_attention_mask(
+            q_blocks,
+            q_noisy,
+            torch.cat([clean_blocks, q_blocks], 1),
+            torch.cat([no, q_noisy], 1),
+            torch.cat([clean_valid, q_valid], 1),
+        )
         positions = PROMPT_MASK.sum(-1, keepdim=True) + torch.arange(start, stop)
         block_logits = forward_logits(model, block_ids, positions, allowed, torch.arange(width), cache)
         got = log_probs_without_mask(block_logits, mask_id)
@@ -82,8 +98,17 @@ def test_loss_matches_reference_and_reads_logits_only_where_masked(tokenizer):
     weights[:, 6:] = 3.0  # e.g. answer tokens weigh more
     rows_seen = []
     hook = model.lm_head.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[0]))
-    out = masked_diffusion_loss(model, PROMPT_IDS, PROMPT_MASK, COMPLETION_IDS, COMPLETION_MASK, noise,
-                                tok.mask_token_id, block_size, token_weights=weights)
+    out = masked_diffusion_loss(
+        model,
+        PROMPT_IDS,
+        PROMPT_MASK,
+        COMPLETION_IDS,
+        COMPLETION_MASK,
+        noise,
+        tok.mask_token_id,
+        block_size,
+        token_weights=weights,
+    )
     hook.remove()
     masked = noise.noisy_mask & COMPLETION_MASK.bool()
     assert rows_seen == [int(masked.sum())] == [out.num_masked_tokens]
@@ -92,8 +117,17 @@ def test_loss_matches_reference_and_reads_logits_only_where_masked(tokenizer):
     expected_sum = (weights / noise.t * nll)[masked].sum()
     torch.testing.assert_close(out.loss_sum, expected_sum, rtol=1e-12, atol=0)
     torch.testing.assert_close(out.loss(), expected_sum / (weights * COMPLETION_MASK).sum())
-    plain = masked_diffusion_loss(model, PROMPT_IDS, PROMPT_MASK, COMPLETION_IDS, COMPLETION_MASK, noise,
-                                  tok.mask_token_id, block_size, time_weighting=False)
+    plain = masked_diffusion_loss(
+        model,
+        PROMPT_IDS,
+        PROMPT_MASK,
+        COMPLETION_IDS,
+        COMPLETION_MASK,
+        noise,
+        tok.mask_token_id,
+        block_size,
+        time_weighting=False,
+    )
     torch.testing.assert_close(plain.loss(time_weighting=False), nll[masked].mean())
     plain.loss(time_weighting=False).backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0

@@ -46,7 +46,9 @@ def test_training_mask_matches_dense_reference(block_size):
     completion_mask = torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]])
     ids = torch.arange(15).reshape(3, 5)
     comp = torch.arange(21).reshape(3, 7) + 100
-    layout = build_training_layout(ids, prompt_mask, comp, completion_mask, torch.zeros_like(comp, dtype=torch.bool), 999, block_size)
+    layout = build_training_layout(
+        ids, prompt_mask, comp, completion_mask, torch.zeros_like(comp, dtype=torch.bool), 999, block_size
+    )
     for row in range(3):
         expected = reference_training_mask(prompt_mask[row].tolist(), completion_mask[row].tolist(), block_size)
         assert torch.equal(layout.attention_mask[row, 0], expected), f"row {row}"
@@ -72,8 +74,13 @@ def test_block_size_one_is_causal_over_the_clean_sequence():
     prompt_mask = torch.ones(1, 3, dtype=torch.long)
     completion_mask = torch.ones(1, 4, dtype=torch.long)
     layout = build_training_layout(
-        torch.zeros(1, 3, dtype=torch.long), prompt_mask, torch.ones(1, 4, dtype=torch.long), completion_mask,
-        torch.zeros(1, 4, dtype=torch.bool), 9, block_size=1,
+        torch.zeros(1, 3, dtype=torch.long),
+        prompt_mask,
+        torch.ones(1, 4, dtype=torch.long),
+        completion_mask,
+        torch.zeros(1, 4, dtype=torch.bool),
+        9,
+        block_size=1,
     )
     clean = layout.attention_mask[0, 0, :7, :7]
     assert torch.equal(clean, torch.tril(torch.ones(7, 7, dtype=torch.bool)))

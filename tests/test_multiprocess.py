@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 TRAINERS = ("sft", "opd", "grpo")
 
@@ -34,9 +35,25 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("multiprocess")
     # `--cpu` would start a single process (accelerate's simple launcher); `--multi_gpu` starts torchrun, and
     # without a GPU accelerate picks the MULTI_CPU type with the gloo backend.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(WORKER), str(out), *TRAINERS]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(WORKER),
+        str(out),
+        *TRAINERS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

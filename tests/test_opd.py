@@ -31,14 +31,27 @@ def make_trainer(tmp_path, teacher, tokenizer, block_size=1, perturb=0.0, **over
             for p in student.model.layers[-1].mlp.parameters():
                 p.add_(perturb * torch.randn(p.shape, generator=generator, dtype=p.dtype))
                 p.requires_grad_(True)
-    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, max_completion_length=12,
-                    num_rollouts_per_prompt=2, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
-                    learning_rate=3e-3, temperature=1.0, teacher_top_k=8, max_steps=1, seed=0,
-                    gradient_checkpointing=False)  # tiny models: recomputation only costs time
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_completion_length=12,
+        num_rollouts_per_prompt=2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        learning_rate=3e-3,
+        temperature=1.0,
+        teacher_top_k=8,
+        max_steps=1,
+        seed=0,
+        gradient_checkpointing=False,
+    )  # tiny models: recomputation only costs time
     settings.update(overrides)
     dataset = Dataset.from_dict({"prompt": PROMPTS})
-    return OnPolicyDistillTrainer(student, teacher, args=OnPolicyDistillConfig(**settings), train_dataset=dataset,
-                                  processing_class=student_tok)
+    return OnPolicyDistillTrainer(
+        student, teacher, args=OnPolicyDistillConfig(**settings), train_dataset=dataset, processing_class=student_tok
+    )
 
 
 def rollouts(trainer, prompts=PROMPTS[:2]):
@@ -67,8 +80,16 @@ def test_perturbed_student_loss_is_positive_and_falls(tmp_path, tokenizer):
     # Block size 1, so the unperturbed student is the teacher and the loss can fall towards 0 (at block size > 1
     # the converted teacher itself already has a positive KL: what OPD is for).
     teacher = make_teacher(tokenizer, dtype=torch.float32, initializer_range=0.2)
-    trainer = make_trainer(tmp_path, teacher, tokenizer, block_size=1, perturb=0.3, max_steps=6,
-                           per_device_train_batch_size=4, learning_rate=3e-2)
+    trainer = make_trainer(
+        tmp_path,
+        teacher,
+        tokenizer,
+        block_size=1,
+        perturb=0.3,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=3e-2,
+    )
     fixed = rollouts(trainer, PROMPTS)
     before = loss_on(trainer, fixed)
     assert before > 0.3  # observed 0.83
@@ -84,17 +105,35 @@ def test_perturbed_student_loss_is_positive_and_falls(tmp_path, tokenizer):
 def test_student_is_read_in_its_decoding_state(tmp_path, tokenizer):
     """With the actual token as the support, the replayed student log-probs equal the sampler's commit-time ones
     (temperature 1, block size 4, parallel commits): the KL compares the distribution the student decoded from."""
-    trainer = make_trainer(tmp_path, make_teacher(tokenizer), tokenizer, block_size=4, threshold=0.3,
-                           max_completion_length=16)
+    trainer = make_trainer(
+        tmp_path, make_teacher(tokenizer), tokenizer, block_size=4, threshold=0.3, max_completion_length=16
+    )
     batch = rollouts(trainer)
     assert (batch["commit_step"] > 0).any()  # several denoising steps were used
     student = trainer.model
     support, tail = replay_support_logprobs(
-        student, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"],
-        batch["commit_step"], batch["loss_mask"], batch["completion_ids"][..., None],
-        torch.ones_like(batch["completion_ids"][..., None], dtype=torch.bool), trainer.mask_token_id, 4)
-    reference = replay_logprobs(student, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                batch["completion_mask"], batch["commit_step"], trainer.mask_token_id, 4)
+        student,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        batch["commit_step"],
+        batch["loss_mask"],
+        batch["completion_ids"][..., None],
+        torch.ones_like(batch["completion_ids"][..., None], dtype=torch.bool),
+        trainer.mask_token_id,
+        4,
+    )
+    reference = replay_logprobs(
+        student,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        batch["commit_step"],
+        trainer.mask_token_id,
+        4,
+    )
     mask = batch["loss_mask"].bool()
     torch.testing.assert_close(support[..., 0][mask], reference[mask].to(support.dtype), rtol=0, atol=1e-9)
     # support + tail is a whole distribution
@@ -118,11 +157,17 @@ def test_configuration_errors(tmp_path, tokenizer):
         OnPolicyDistillConfig(output_dir=str(tmp_path), use_vllm=True, use_cpu=True)
     teacher = make_teacher(tokenizer)
     with pytest.raises(ValueError, match="not a block-diffusion model"):
-        OnPolicyDistillTrainer(copy.deepcopy(teacher), teacher, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                               args=OnPolicyDistillConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
-                               processing_class=copy.deepcopy(tokenizer))
+        OnPolicyDistillTrainer(
+            copy.deepcopy(teacher),
+            teacher,
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            args=OnPolicyDistillConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+            processing_class=copy.deepcopy(tokenizer),
+        )
     with pytest.raises(ValueError, match="no teacher"):
         make_trainer(tmp_path, teacher, tokenizer).__class__(
             convert_to_block_diffusion(copy.deepcopy(teacher), copy.deepcopy(tokenizer), 1)[0],
             args=OnPolicyDistillConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
-            train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=copy.deepcopy(tokenizer))
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            processing_class=copy.deepcopy(tokenizer),
+        )

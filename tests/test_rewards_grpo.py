@@ -12,17 +12,31 @@ from dgr2_trl.data import build_prompt
 from dgr2_trl.rewards import default_rl_reward, make_ndcg_reward, validity_reward
 from dgr2_trl.tokenization import train_chat_tokenizer
 
+
 trl = pytest.importorskip("trl")
 
 CANDS = ["11", "12", "13", "14"]
-TITLES = {"11": "rose lip gloss", "12": "argan shampoo", "13": "nail polish red", "14": "face cream", "10": "nail file"}
+TITLES = {
+    "11": "rose lip gloss",
+    "12": "argan shampoo",
+    "13": "nail polish red",
+    "14": "face cream",
+    "10": "nail file",
+}
 
 
 def tiny_setup():
     rows = []
     for k in range(4):
         cands = CANDS[k:] + CANDS[:k]
-        rows.append({"prompt": build_prompt(["10"], cands, TITLES), "candidates": cands, "target": "13", "pre_rank": cands.index("13")})
+        rows.append(
+            {
+                "prompt": build_prompt(["10"], cands, TITLES),
+                "candidates": cands,
+                "target": "13",
+                "pre_rank": cands.index("13"),
+            }
+        )
     texts = [m["content"] for r in rows for m in r["prompt"]] + ['{"ranking": ["11", "12", "13", "14"]}'] * 5
     tokenizer = train_chat_tokenizer(texts, vocab_size=300)
     config = Qwen3Config(

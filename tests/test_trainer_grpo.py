@@ -10,19 +10,27 @@ from dgr2_trl.tokenization import train_chat_tokenizer
 from dgr2_trl.trainers.diffusion_grpo_config import DiffusionGRPOConfig
 from dgr2_trl.trainers.diffusion_grpo_trainer import DiffusionGRPOTrainer
 
+
 ITEM_TOKENS = [f"<i_{i}>" for i in range(12)]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    tokenizer = train_chat_tokenizer(["rank these items into a ranking json list"] * 10, vocab_size=300,
-                                     extra_special_tokens=ITEM_TOKENS)
+    tokenizer = train_chat_tokenizer(
+        ["rank these items into a ranking json list"] * 10, vocab_size=300, extra_special_tokens=ITEM_TOKENS
+    )
     rng = random.Random(0)
     rows = []
     for _ in range(4):
         candidates = rng.sample(ITEM_TOKENS, 4)
-        rows.append({"prompt": [{"role": "user", "content": "rank: " + " ".join(candidates)}],
-                     "candidates": candidates, "target": candidates[1], "pre_rank": 1})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": "rank: " + " ".join(candidates)}],
+                "candidates": candidates,
+                "target": candidates[1],
+                "pre_rank": 1,
+            }
+        )
     return tokenizer, Dataset.from_list(rows)
 
 
@@ -35,46 +43,73 @@ def item_count_reward(prompts, completions, **kwargs):
 def make_trainer(setup, tmp_path, trainer_class=DiffusionGRPOTrainer, block_size=4, reward_funcs=None, **overrides):
     tokenizer, dataset = setup
     model = tiny_causal_lm(len(tokenizer) + 1, "qwen3", initializer_range=0.5, seed=1)
-    options = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, max_completion_length=10,
-                   max_steps=1, report_to="none", logging_steps=1, block_size=block_size, threshold=0.5,
-                   save_strategy="no", use_cpu=True, learning_rate=1e-2, temperature=1.0, bf16=False)
+    options = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=10,
+        max_steps=1,
+        report_to="none",
+        logging_steps=1,
+        block_size=block_size,
+        threshold=0.5,
+        save_strategy="no",
+        use_cpu=True,
+        learning_rate=1e-2,
+        temperature=1.0,
+        bf16=False,
+    )
     options.update(overrides)
-    return trainer_class(model, reward_funcs=reward_funcs, args=DiffusionGRPOConfig(**options),
-                         train_dataset=dataset, processing_class=tokenizer)
+    return trainer_class(
+        model,
+        reward_funcs=reward_funcs,
+        args=DiffusionGRPOConfig(**options),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
 
 
 @pytest.mark.parametrize("block_size", [1, 4])
 def test_replayed_logprobs_equal_recorded_ones(setup, tmp_path, block_size):
     """With unchanged weights the policy ratio is 1: TRL's old log-probs (our replay) equal the sampler's."""
-    trainer = make_trainer(setup, tmp_path, block_size=block_size, num_iterations=2,
-                           reward_funcs=[item_count_reward])
+    trainer = make_trainer(setup, tmp_path, block_size=block_size, num_iterations=2, reward_funcs=[item_count_reward])
     trainer.model.train()
     inputs = [row for row in setup[1] for _ in range(2)]  # a batch of 8 = 4 prompts x 2
     batch = trainer._generate_and_score_completions(inputs)
     mask = batch["completion_mask"].bool()
     assert mask.sum() > 20 and batch["commit_step"][mask].max() > 0 or block_size == 1
-    torch.testing.assert_close(batch["old_per_token_logps"][mask], batch["sampling_per_token_logps"][mask],
-                               rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        batch["old_per_token_logps"][mask], batch["sampling_per_token_logps"][mask], rtol=0, atol=2e-5
+    )
     # and the loss-time call (after TRL's shuffle/split) finds the same values through the carried replay data
     trainer._active_replay = {k: batch[k] for k in ("commit_step", "trailing_ids", "trailing_commit_step")}
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-        trainer.model, ids, attention, batch["completion_ids"].shape[1], batch_size=3, compute_entropy=True)
+        trainer.model, ids, attention, batch["completion_ids"].shape[1], batch_size=3, compute_entropy=True
+    )
     torch.testing.assert_close(logps[mask], batch["sampling_per_token_logps"][mask], rtol=0, atol=2e-5)
     assert (entropies[mask] > 0).all()
 
 
 def test_one_step_changes_weights_and_logs(setup, tmp_path):
-    trainer = make_trainer(setup, tmp_path, reward_funcs=[default_rl_reward, item_count_reward],
-                           reward_weights=[1.0, 0.5])
+    trainer = make_trainer(
+        setup, tmp_path, reward_funcs=[default_rl_reward, item_count_reward], reward_weights=[1.0, 0.5]
+    )
     assert get_block_diffusion_settings(trainer.model).block_size == 4  # the plain AR model was converted
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     logs = trainer.state.log_history[0]
-    for key in ("reward", "valid_rate", "clip_ratio/region_mean", "rewards/default_rl_reward/mean",
-                "rewards/item_count_reward/mean", "rollout/tokens_per_second", "dropped_fraction"):
+    for key in (
+        "reward",
+        "valid_rate",
+        "clip_ratio/region_mean",
+        "rewards/default_rl_reward/mean",
+        "rewards/item_count_reward/mean",
+        "rollout/tokens_per_second",
+        "dropped_fraction",
+    ):
         assert key in logs, key
     # mixed rewards with weights: the logged reward is the weighted sum of the per-function means
     expected = logs["rewards/default_rl_reward/mean"] + 0.5 * logs["rewards/item_count_reward/mean"]

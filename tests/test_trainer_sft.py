@@ -16,6 +16,7 @@ from dgr2_trl.tokenization import train_chat_tokenizer
 from dgr2_trl.trainers import DiffusionSFTCollator, DiffusionSFTConfig, DiffusionSFTTrainer, answer_start
 from dgr2_trl.trainers.diffusion_sft_data import per_sample_noise
 
+
 ITEM_IDS = [f"i{k}" for k in range(16)]
 
 
@@ -42,7 +43,9 @@ def synthetic_rows(n, seed=0, num_candidates=4, vary_length=False):
 
 @functools.lru_cache(maxsize=1)
 def _base_tokenizer():
-    texts = [m["content"] for r in synthetic_rows(256, seed=99, vary_length=True) for m in r["prompt"] + r["completion"]]
+    texts = [
+        m["content"] for r in synthetic_rows(256, seed=99, vary_length=True) for m in r["prompt"] + r["completion"]
+    ]
     return train_chat_tokenizer(texts, vocab_size=400)
 
 
@@ -119,7 +122,9 @@ def test_noise_of_a_sample_does_not_depend_on_its_batch():
 def test_trainer_loss_is_the_core_masked_diffusion_loss(tmp_path):
     tok = synthetic_tokenizer()
     args = cpu_args(tmp_path, answer_weight=2.0, complementary_masking=False)
-    trainer = DiffusionSFTTrainer(tiny_model(tok, torch.float64), args=args, train_dataset=synthetic_rows(8), processing_class=tok)
+    trainer = DiffusionSFTTrainer(
+        tiny_model(tok, torch.float64), args=args, train_dataset=synthetic_rows(8), processing_class=tok
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer._add_noise(batch, 0)
     loss = trainer.compute_loss(trainer.model, dict(batch))
@@ -136,7 +141,9 @@ def test_trainer_loss_is_the_core_masked_diffusion_loss(tmp_path):
 @pytest.mark.parametrize("normalization,complementary", [("auto", False), ("masked", True)])
 def test_gradient_accumulation_equals_one_large_batch(tmp_path, normalization, complementary):
     tok = synthetic_tokenizer()
-    data = synthetic_rows(8, seed=5, vary_length=True)  # unequal completion lengths: a per-micro-batch mean would differ
+    data = synthetic_rows(
+        8, seed=5, vary_length=True
+    )  # unequal completion lengths: a per-micro-batch mean would differ
     start = tiny_model(tok, torch.float64, seed=1)
     deltas = []
     for bs, accumulation in ((2, 2), (4, 1)):
@@ -157,7 +164,13 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, normalization, c
 def test_loss_decreases_on_a_tiny_dataset(tmp_path):
     tok = synthetic_tokenizer()
     args = cpu_args(tmp_path, max_steps=40, learning_rate=3e-3, per_device_train_batch_size=16)
-    trainer = DiffusionSFTTrainer(tiny_model(tok), args=args, train_dataset=synthetic_rows(256), eval_dataset=synthetic_rows(32, seed=1), processing_class=tok)
+    trainer = DiffusionSFTTrainer(
+        tiny_model(tok),
+        args=args,
+        train_dataset=synthetic_rows(256),
+        eval_dataset=synthetic_rows(32, seed=1),
+        processing_class=tok,
+    )
     before = trainer.evaluate()["eval_loss"]
     assert trainer.evaluate()["eval_loss"] == before  # eval noise is fixed per sample
     trainer.train()
@@ -170,16 +183,25 @@ def test_loss_decreases_on_a_tiny_dataset(tmp_path):
 # ------------------------------------------------------------------------------------------------ models, PEFT, IO
 def test_converts_an_ar_model_and_keeps_a_converted_ones_settings(tmp_path):
     tok = synthetic_tokenizer()
-    trainer = DiffusionSFTTrainer(tiny_model(tok), args=cpu_args(tmp_path, block_size=8), train_dataset=synthetic_rows(4), processing_class=tok)
+    trainer = DiffusionSFTTrainer(
+        tiny_model(tok), args=cpu_args(tmp_path, block_size=8), train_dataset=synthetic_rows(4), processing_class=tok
+    )
     assert get_block_diffusion_settings(trainer.model).block_size == 8 and tok.mask_token == "<|mask|>"
 
-    model, converted_tok = convert_to_block_diffusion(tiny_model(synthetic_tokenizer()), synthetic_tokenizer(), block_size=2, mask_token="<|m|>")
+    model, converted_tok = convert_to_block_diffusion(
+        tiny_model(synthetic_tokenizer()), synthetic_tokenizer(), block_size=2, mask_token="<|m|>"
+    )
     args = cpu_args(tmp_path, block_size=None)
     trainer = DiffusionSFTTrainer(model, args=args, train_dataset=synthetic_rows(4), processing_class=converted_tok)
     assert trainer.block_settings.block_size == 2 and trainer.block_settings.mask_token == "<|m|>"
     assert args.block_size == 2 and args.mask_token == "<|m|>"
     with pytest.raises(ValueError, match="mask_token"):
-        DiffusionSFTTrainer(model, args=cpu_args(tmp_path, mask_token="<|other|>"), train_dataset=synthetic_rows(4), processing_class=converted_tok)
+        DiffusionSFTTrainer(
+            model,
+            args=cpu_args(tmp_path, mask_token="<|other|>"),
+            train_dataset=synthetic_rows(4),
+            processing_class=converted_tok,
+        )
 
 
 def test_lora_trains_the_adapter_and_freezes_the_base(tmp_path):
@@ -190,7 +212,9 @@ def test_lora_trains_the_adapter_and_freezes_the_base(tmp_path):
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     args = cpu_args(tmp_path, max_steps=3, learning_rate=1e-2)
-    trainer = DiffusionSFTTrainer(model, args=args, train_dataset=synthetic_rows(16), processing_class=tok, peft_config=peft_config)
+    trainer = DiffusionSFTTrainer(
+        model, args=args, train_dataset=synthetic_rows(16), processing_class=tok, peft_config=peft_config
+    )
     trainer.train()
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().max() > 0 for p in lora_b)  # lora_B starts at zero
@@ -206,24 +230,37 @@ def test_checkpoint_keeps_block_settings_and_resume_continues_the_run(tmp_path):
     start = tiny_model(tok, torch.float64, seed=2)
     data = synthetic_rows(32, seed=3)
     common = dict(max_steps=4, save_strategy="steps", save_steps=2, learning_rate=1e-2, per_device_train_batch_size=4)
-    full = DiffusionSFTTrainer(copy.deepcopy(start), args=cpu_args(tmp_path / "full", **common), train_dataset=data, processing_class=tok)
+    full = DiffusionSFTTrainer(
+        copy.deepcopy(start), args=cpu_args(tmp_path / "full", **common), train_dataset=data, processing_class=tok
+    )
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    assert AutoConfig.from_pretrained(checkpoint).block_diffusion == {"block_size": 4, "mask_token": "<|mask|>", "mask_token_id": len(_base_tokenizer())}
+    assert AutoConfig.from_pretrained(checkpoint).block_diffusion == {
+        "block_size": 4,
+        "mask_token": "<|mask|>",
+        "mask_token_id": len(_base_tokenizer()),
+    }
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "checkpoint-4", dtype=torch.float64)
     assert get_block_diffusion_settings(loaded) == full.block_settings
     assert AutoTokenizer.from_pretrained(checkpoint).mask_token == "<|mask|>"
     for name, param in loaded.named_parameters():
         torch.testing.assert_close(param, full.model.state_dict()[name], rtol=0, atol=0)
 
-    resumed = DiffusionSFTTrainer(copy.deepcopy(start), args=cpu_args(tmp_path / "resumed", **common), train_dataset=data, processing_class=synthetic_tokenizer())
+    resumed = DiffusionSFTTrainer(
+        copy.deepcopy(start),
+        args=cpu_args(tmp_path / "resumed", **common),
+        train_dataset=data,
+        processing_class=synthetic_tokenizer(),
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 4
     for name, param in resumed.model.named_parameters():  # same data order and same per-sample noise
         torch.testing.assert_close(param, full.model.state_dict()[name], rtol=1e-9, atol=1e-12)
 
     # a converted checkpoint path is accepted as the model, with its own settings
-    again = DiffusionSFTTrainer(str(checkpoint), args=cpu_args(tmp_path / "again", block_size=None), train_dataset=data)
+    again = DiffusionSFTTrainer(
+        str(checkpoint), args=cpu_args(tmp_path / "again", block_size=None), train_dataset=data
+    )
     assert again.block_settings == full.block_settings
 
 
@@ -243,11 +280,17 @@ def test_bad_model_or_data_is_refused(tmp_path):
     tok = synthetic_tokenizer()
     short = tiny_model(tok, max_position_embeddings=16)
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        DiffusionSFTTrainer(short, args=cpu_args(tmp_path, block_size=32), train_dataset=synthetic_rows(4), processing_class=tok)
+        DiffusionSFTTrainer(
+            short, args=cpu_args(tmp_path, block_size=32), train_dataset=synthetic_rows(4), processing_class=tok
+        )
     no_completion = Dataset.from_list([{"prompt": "a", "answer": "b"}])
     with pytest.raises(ValueError, match="prompt-completion"):
-        DiffusionSFTTrainer(tiny_model(tok), args=cpu_args(tmp_path), train_dataset=no_completion, processing_class=tok)
+        DiffusionSFTTrainer(
+            tiny_model(tok), args=cpu_args(tmp_path), train_dataset=no_completion, processing_class=tok
+        )
     rows = synthetic_rows(3).to_list()
     rows[1]["completion"] = [{"role": "assistant", "content": "  "}]
     with pytest.raises(ValueError, match=r"empty completions at rows \[1\]"):
-        DiffusionSFTTrainer(tiny_model(tok), args=cpu_args(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tok)
+        DiffusionSFTTrainer(
+            tiny_model(tok), args=cpu_args(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tok
+        )

@@ -13,6 +13,7 @@ from dgr2_trl.samplers import ARSampler, BlockDiffusionSampler
 from dgr2_trl.trainers import DiffusionSFTTrainer
 from tests.test_trainer_sft import cpu_args, synthetic_rows, synthetic_tokenizer, tiny_model
 
+
 EVAL = synthetic_rows(64, seed=1)
 BLOCK = 4
 
@@ -33,7 +34,9 @@ def teacher(tmp_path_factory):
         per_device_train_batch_size=32, max_steps=350, learning_rate=1e-2, lr_scheduler_type="constant",
         warmup_steps=0, logging_steps=50, seed=0,
     )  # fmt: skip
-    trainer = SFTTrainer(tiny_model(tok, hidden_size=128), args=args, train_dataset=synthetic_rows(2048), processing_class=tok)
+    trainer = SFTTrainer(
+        tiny_model(tok, hidden_size=128), args=args, train_dataset=synthetic_rows(2048), processing_class=tok
+    )
     trainer.train()
     trainer.save_model()
     from transformers import AutoModelForCausalLM
@@ -57,12 +60,18 @@ def test_cft_closes_the_validity_gap_of_naive_conversion(teacher, tmp_path):
         valid_rate_num_prompts=16, valid_rate_max_new_tokens=48, valid_rate_threshold=0.9,
     )  # fmt: skip
     trainer = DiffusionSFTTrainer(
-        copy.deepcopy(model), args=args, train_dataset=synthetic_rows(2048), eval_dataset=EVAL, processing_class=student_tok
+        copy.deepcopy(model),
+        args=args,
+        train_dataset=synthetic_rows(2048),
+        eval_dataset=EVAL,
+        processing_class=student_tok,
     )
     trainer.train()
     student = trainer.model.eval()
     cft_rate = valid_rate(BlockDiffusionSampler(student, student_tok, threshold=0.9))
-    print(f"valid rate under block-diffusion decoding (block {BLOCK}, threshold 0.9): naive {naive_rate:.3f}, CFT {cft_rate:.3f}")
+    print(
+        f"valid rate under block-diffusion decoding (block {BLOCK}, threshold 0.9): naive {naive_rate:.3f}, CFT {cft_rate:.3f}"
+    )
     # 64 prompts: a 0.5 margin is far outside what sampling noise could produce
     assert cft_rate >= 0.8 and cft_rate >= naive_rate + 0.5, (naive_rate, cft_rate)
 

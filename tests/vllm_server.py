@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +39,10 @@ class VLLMServer:
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             ["bash", str(ROOT / "scripts" / "start_teacher_server.sh"), str(model_dir), str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         self._wait(startup_timeout)
 

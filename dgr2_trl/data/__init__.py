@@ -1,6 +1,12 @@
 """Data for list-wise re-ranking: loading, leave-one-out split, pre-ranker, item ids, prompts and datasets."""
 
-from .builder import RerankData, build_rerank_datasets, rerank_tokenizer_texts, target_position_histogram, train_rerank_tokenizer
+from .builder import (
+    RerankData,
+    build_rerank_datasets,
+    rerank_tokenizer_texts,
+    target_position_histogram,
+    train_rerank_tokenizer,
+)
 from .item_ids import (
     ID_SCHEMES,
     ItemIdentifiers,
@@ -12,10 +18,27 @@ from .item_ids import (
     semantic_item_ids,
     single_token_item_ids,
 )
-from .loading import BUNDLED_BEAUTY_DIR, DataFormatError, SequenceData, load_amazon_beauty, load_sequence_data, read_sequences, read_titles
+from .loading import (
+    BUNDLED_BEAUTY_DIR,
+    DataFormatError,
+    SequenceData,
+    load_amazon_beauty,
+    load_sequence_data,
+    read_sequences,
+    read_titles,
+)
 from .preranker import TransitionPreRanker, ranking_metrics
-from .prompts import SYSTEM_PROMPT, build_completion, build_prompt, build_short_trace, build_trace, format_answer, shorten_title
+from .prompts import (
+    SYSTEM_PROMPT,
+    build_completion,
+    build_prompt,
+    build_short_trace,
+    build_trace,
+    format_answer,
+    shorten_title,
+)
 from .split import LeaveOneOutSplit, Query, leave_one_out_split, training_queries
+
 
 __all__ = [
     "BUNDLED_BEAUTY_DIR", "DataFormatError", "ID_SCHEMES", "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData",

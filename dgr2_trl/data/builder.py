@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .item_ids import ItemIdentifiers, make_item_ids
-from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .evidence import FEATURES, EvidenceModel, evidence_tokens
 from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
+from .item_ids import ItemIdentifiers, make_item_ids
+from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
 from .prompts import EVIDENCE_LETTERS, PROMPT_STYLES, TRACE_STYLES, build_completion, build_prompt, score_level_tokens
 from .split import Query, leave_one_out_split, training_queries
+
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,22 @@ def _scores(preranker: TransitionPreRanker, query: Query, train: list[list[int]]
 
 
 def _row(
-    query: Query, candidates: list[int], ids: ItemIdentifiers, titles: dict[str, str], history_length: int, inserted: bool,
-    max_title_words: int = 12, slot_ids: bool = False, prompt_style: str = "full", trace_style: str = "full",
-    evidence: list[list[int]] | None = None, ranker_order: list[int] | None = None, candidate_title_words: int = 0,
-    promote_top: int | None = None, scores: list[tuple[int, str]] | None = None, true_first: bool = True,
+    query: Query,
+    candidates: list[int],
+    ids: ItemIdentifiers,
+    titles: dict[str, str],
+    history_length: int,
+    inserted: bool,
+    max_title_words: int = 12,
+    slot_ids: bool = False,
+    prompt_style: str = "full",
+    trace_style: str = "full",
+    evidence: list[list[int]] | None = None,
+    ranker_order: list[int] | None = None,
+    candidate_title_words: int = 0,
+    promote_top: int | None = None,
+    scores: list[tuple[int, str]] | None = None,
+    true_first: bool = True,
 ) -> dict:
     """One query. With `slot_ids`, candidates are named by their slot `[1]`..`[k]` in this prompt (RankGPT-style
     identifiers: copying a slot label is far easier for a small model than copying an item id). `evidence` holds
@@ -85,10 +98,18 @@ def _row(
         head = ranking[:promote_top]
         ranking = head + [c for c in cand_ids if c not in head]
     row = {
-        "prompt": build_prompt(hist_ids, cand_ids, titles, max_title_words, style=prompt_style, evidence=evidence,
-                               candidate_title_words=candidate_title_words),
-        "completion": build_completion(hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence,
-                                       scores),
+        "prompt": build_prompt(
+            hist_ids,
+            cand_ids,
+            titles,
+            max_title_words,
+            style=prompt_style,
+            evidence=evidence,
+            candidate_title_words=candidate_title_words,
+        ),
+        "completion": build_completion(
+            hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence, scores
+        ),
         "candidates": cand_ids,
         "target": target_id,
         "pre_rank": pre_rank,
@@ -107,8 +128,9 @@ def _row(
     return row
 
 
-def _feature_ranker_orders(features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs,
-                           out_of_fold: bool = True):
+def _feature_ranker_orders(
+    features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs, out_of_fold: bool = True
+):
     """Candidate orders (indices, best first) from a `FeatureRanker` fitted on the natural hits among the training
     queries (true item found by the pre-ranker, not inserted: an inserted item's score gives it away), out of fold
     for those queries; plus the anchor's metrics on the evaluation splits."""
@@ -116,13 +138,16 @@ def _feature_ranker_orders(features, train_queries, train_cands, train_inserted,
     train_x = np.stack(features["train"])
     targets = np.array([c.index(q.target) if q.target in c else -1 for q, c in zip(train_queries, train_cands)])
     if natural.sum() < 2:
-        raise ValueError(f"the feature ranker needs at least 2 training queries whose true item the pre-ranker "
-                         f"found (not inserted); got {int(natural.sum())}")
+        raise ValueError(
+            f"the feature ranker needs at least 2 training queries whose true item the pre-ranker "
+            f"found (not inserted); got {int(natural.sum())}"
+        )
     ranker = FeatureRanker(seed=seed, **ranker_kwargs).fit(train_x[natural], targets[natural])
     scores = ranker.scores(train_x)
     if out_of_fold:
-        scores[natural] = out_of_fold_scores(train_x[natural], targets[natural], folds=min(5, int(natural.sum())),
-                                             seed=seed, **ranker_kwargs)
+        scores[natural] = out_of_fold_scores(
+            train_x[natural], targets[natural], folds=min(5, int(natural.sum())), seed=seed, **ranker_kwargs
+        )
     orders = {"train": [list(map(int, o)) for o in np.argsort(-scores, axis=1, kind="stable")]}
     stats = {"num_fit_queries": int(natural.sum())}
     for name, triples in eval_pairs.items():
@@ -137,8 +162,12 @@ def _order_metrics(triples, orders) -> dict:
     rankings = [[r[k] for k in o] for (_, r, _), o in zip(triples, orders)]
     truth = [q.target for q, _, _ in triples]
     m = ranking_metrics(rankings, truth, k=3)
-    return {"recall@1": ranking_metrics(rankings, truth, k=1)["hr@1"], "recall@3": m["hr@3"], "ndcg@3": m["ndcg@3"],
-            "n": m["n"]}
+    return {
+        "recall@1": ranking_metrics(rankings, truth, k=1)["hr@1"],
+        "recall@3": m["hr@3"],
+        "ndcg@3": m["ndcg@3"],
+        "n": m["n"],
+    }
 
 
 def _sample(items: list, limit: int | None, rng: random.Random) -> list:
@@ -229,10 +258,15 @@ def build_rerank_datasets(
     """
     _check_count("num_candidates", num_candidates, 1, "the candidates per query")
     _check_count("history_length", history_length, 0, "the history items shown per prompt; 0 shows none")
-    _check_count("max_title_words", max_title_words, 1, "the title words shown per item; 0 would show every title "
-                 "as '...'")
-    _check_count("candidate_title_words", candidate_title_words, 0,
-                 "the title words after each candidate's evidence; 0 shows none")
+    _check_count(
+        "max_title_words", max_title_words, 1, "the title words shown per item; 0 would show every title as '...'"
+    )
+    _check_count(
+        "candidate_title_words",
+        candidate_title_words,
+        0,
+        "the title words after each candidate's evidence; 0 shows none",
+    )
     if not 0.0 <= insert_target_fraction <= 1.0:
         raise ValueError(f"insert_target_fraction must be in [0, 1], got {insert_target_fraction}")
     if prompt_style not in PROMPT_STYLES:
@@ -240,9 +274,11 @@ def build_rerank_datasets(
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {trace_style!r}")
     if trace_style == "full" and history_length == 0:
-        raise ValueError("trace_style='full' writes a rationale about the shown history, starting from its most recent "
-                         "item, so it needs history_length >= 1; with history_length=0 use trace_style 'short', "
-                         "'ids', 'evidence' or 'scores'")
+        raise ValueError(
+            "trace_style='full' writes a rationale about the shown history, starting from its most recent "
+            "item, so it needs history_length >= 1; with history_length=0 use trace_style 'short', "
+            "'ids', 'evidence' or 'scores'"
+        )
     if target_order not in TARGET_ORDERS:
         raise ValueError(f"target_order must be one of {TARGET_ORDERS}, got {target_order!r}")
     if insert_position not in INSERT_POSITIONS:
@@ -256,16 +292,27 @@ def build_rerank_datasets(
     catalogue = sorted(data.titles)
     preranker = (preranker or TransitionPreRanker()).fit(split.train, catalogue=catalogue)
     slot_ids = id_scheme == "slot"
-    ids = make_item_ids("plain" if slot_ids else id_scheme, catalogue, split.train, data.titles, seed=seed, **(id_kwargs or {}))
+    ids = make_item_ids(
+        "plain" if slot_ids else id_scheme, catalogue, split.train, data.titles, seed=seed, **(id_kwargs or {})
+    )
     if slot_ids:
         ids = dataclasses.replace(ids, special_tokens=[f"[{k}]" for k in range(1, num_candidates + 1)])
     titles_by_id = {ids.id_of[i]: t for i, t in data.titles.items()}
-    stats: dict = {"id_scheme": id_scheme, "item_ids": ids.stats, "num_users": len(data.sequences), "num_items": len(catalogue)}
+    stats: dict = {
+        "id_scheme": id_scheme,
+        "item_ids": ids.stats,
+        "num_users": len(data.sequences),
+        "num_items": len(catalogue),
+    }
 
     def split_stats(queries, ranked):
         m = ranking_metrics(ranked, [q.target for q in queries], k=num_candidates)
         hits = m["n"] and round(m[f"hr@{num_candidates}"] * m["n"])
-        return {"num_queries": len(queries), "num_target_in_candidates": int(hits), **{k: float(v) for k, v in m.items() if k != "n"}}
+        return {
+            "num_queries": len(queries),
+            "num_target_in_candidates": int(hits),
+            **{k: float(v) for k, v in m.items() if k != "n"},
+        }
 
     use_evidence = "evidence" in (prompt_style, trace_style) or target_order == "feature_ranker"
     evidence_model = EvidenceModel(seed=seed).fit(split.train, data.titles) if use_evidence else None
@@ -318,18 +365,29 @@ def build_rerank_datasets(
         stats[name]["num_kept"] = len(eval_pairs[name])
 
     # --- evidence and the feature ranker --------------------------------------------------------------------
-    evidence = {name: None for name in ("train", "validation", "test")}
+    evidence = dict.fromkeys(("train", "validation", "test"))
     orders, anchor, score_rows = dict(evidence), dict(evidence), dict(evidence)
     if use_evidence:
-        features = {"train": [evidence_model.features(q.history, c, sc["cands"]) for q, c, sc in
-                              zip(train_queries, train_cands, train_cand_scores)]}
+        features = {
+            "train": [
+                evidence_model.features(q.history, c, sc["cands"])
+                for q, c, sc in zip(train_queries, train_cands, train_cand_scores)
+            ]
+        }
         for name, triples in eval_pairs.items():
             features[name] = [evidence_model.features(q.history, r, sc) for q, r, sc in triples]
         evidence_model.fit_levels(np.concatenate(features["train"]) if features["train"] else np.zeros((1, 6)))
         evidence = {name: [evidence_model.levels(f) for f in fs] for name, fs in features.items()}
         anchor, stats["feature_ranker"] = _feature_ranker_orders(
-            features, train_queries, train_cands, train_inserted, eval_pairs, seed, ranker_kwargs or {},
-            out_of_fold=target_order == "feature_ranker")
+            features,
+            train_queries,
+            train_cands,
+            train_inserted,
+            eval_pairs,
+            seed,
+            ranker_kwargs or {},
+            out_of_fold=target_order == "feature_ranker",
+        )
         if target_order == "feature_ranker":
             orders = anchor
         elif target_order == "evidence_score":
@@ -341,30 +399,52 @@ def build_rerank_datasets(
             for name, levels in evidence.items():
                 stacked = np.stack(levels) if levels else np.zeros((0, num_candidates, len(FEATURES)), dtype=np.int64)
                 score_levels, strongest = scorer.score_levels(stacked), scorer.strongest_feature(stacked)
-                score_rows[name] = [[(int(r), f"<{EVIDENCE_LETTERS[f]}{int(lv[f])}>") for r, f, lv in zip(rs, fs, lvs)]
-                                    for rs, fs, lvs in zip(score_levels, strongest, stacked)]
+                score_rows[name] = [
+                    [(int(r), f"<{EVIDENCE_LETTERS[f]}{int(lv[f])}>") for r, f, lv in zip(rs, fs, lvs)]
+                    for rs, fs, lvs in zip(score_levels, strongest, stacked)
+                ]
                 orders[name] = [order_by_score_levels(rs) for rs in score_levels]
-            stats["evidence_score_metrics"] = {name: _order_metrics(triples, orders[name])
-                                               for name, triples in eval_pairs.items()}
-            stats["evidence_score"] = {"weights": scorer.weights.round(4).tolist(),
-                                       "position_weights": scorer.position_weights.round(4).tolist(),
-                                       "num_fit_queries": int(len(fit))}
+            stats["evidence_score_metrics"] = {
+                name: _order_metrics(triples, orders[name]) for name, triples in eval_pairs.items()
+            }
+            stats["evidence_score"] = {
+                "weights": scorer.weights.round(4).tolist(),
+                "position_weights": scorer.position_weights.round(4).tolist(),
+                "num_fit_queries": int(len(fit)),
+            }
 
     def rows(name, queries, cand_lists, inserted_flags):
-        out = [_row(q, c, ids, titles_by_id, history_length, ins, max_title_words, slot_ids, prompt_style, trace_style,
-                    None if evidence[name] is None else evidence[name][k],
-                    None if orders[name] is None else orders[name][k], candidate_title_words, promote_top,
-                    None if score_rows[name] is None else score_rows[name][k], target_order != "evidence_score")
-               for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))]
+        out = [
+            _row(
+                q,
+                c,
+                ids,
+                titles_by_id,
+                history_length,
+                ins,
+                max_title_words,
+                slot_ids,
+                prompt_style,
+                trace_style,
+                None if evidence[name] is None else evidence[name][k],
+                None if orders[name] is None else orders[name][k],
+                candidate_title_words,
+                promote_top,
+                None if score_rows[name] is None else score_rows[name][k],
+                target_order != "evidence_score",
+            )
+            for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))
+        ]
         if anchor[name] is not None:  # the feature ranker's whole order: the feature-based anchor
             for row, order in zip(out, anchor[name]):
                 row["ranker_ranking"] = [row["candidates"][k] for k in order]
         return out
 
     train_rows = rows("train", train_queries, train_cands, train_inserted)
-    eval_sets = {name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples],
-                                              [False] * len(triples)))
-                 for name, triples in eval_pairs.items()}
+    eval_sets = {
+        name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples], [False] * len(triples)))
+        for name, triples in eval_pairs.items()
+    }
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(
@@ -376,9 +456,14 @@ def build_rerank_datasets(
         train=Dataset.from_list(train_rows),
         validation=eval_sets["validation"],
         test=eval_sets["test"],
-        item_ids=dataclasses.replace(ids, special_tokens=[
-            *ids.special_tokens, *(evidence_tokens() if use_evidence else ()),
-            *(score_level_tokens() if trace_style == "scores" else ())]),
+        item_ids=dataclasses.replace(
+            ids,
+            special_tokens=[
+                *ids.special_tokens,
+                *(evidence_tokens() if use_evidence else ()),
+                *(score_level_tokens() if trace_style == "scores" else ()),
+            ],
+        ),
         preranker=preranker,
         titles=dict(data.titles),
         stats=stats,
@@ -398,7 +483,9 @@ def train_rerank_tokenizer(data: RerankData, vocab_size: int = 2000, extra_speci
     from dgr2_trl.tokenization import train_chat_tokenizer
 
     return train_chat_tokenizer(
-        rerank_tokenizer_texts(data), vocab_size=vocab_size, extra_special_tokens=[*data.special_tokens, *extra_special_tokens]
+        rerank_tokenizer_texts(data),
+        vocab_size=vocab_size,
+        extra_special_tokens=[*data.special_tokens, *extra_special_tokens],
     )
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .item_ids import _randomized_svd_rows
-from .prompts import EVIDENCE_LETTERS, EVIDENCE_FEATURES, content_words
+from .prompts import EVIDENCE_FEATURES, EVIDENCE_LETTERS, content_words
+
 
 FEATURES = EVIDENCE_FEATURES
 
@@ -108,7 +109,7 @@ class EvidenceModel:
         """(len(candidates), len(FEATURES)) raw feature values for one query."""
         if self._keys is None:
             raise RuntimeError("EvidenceModel.fit(...) must be called before computing features")
-        hist = [int(h) for h in history[-self.history_window:]][::-1]  # most recent first
+        hist = [int(h) for h in history[-self.history_window :]][::-1]  # most recent first
         cands = np.asarray(candidates, dtype=np.int64)
         recency = self.recency_decay ** np.arange(len(hist))
         out = np.zeros((len(cands), len(FEATURES)))

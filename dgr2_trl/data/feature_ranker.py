@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+
 # log1p before standardising: counts and IDF sums are heavy-tailed
 _LOG_FEATURES = (1, 2)
 
@@ -49,8 +50,9 @@ class FeatureRanker:
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            self._net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], self.hidden_size), torch.nn.GELU(),
-                                            torch.nn.Linear(self.hidden_size, 1))
+            self._net = torch.nn.Sequential(
+                torch.nn.Linear(x.shape[-1], self.hidden_size), torch.nn.GELU(), torch.nn.Linear(self.hidden_size, 1)
+            )
         optimiser = torch.optim.AdamW(self._net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         batch = 2048
         for _ in range(self.epochs):
@@ -74,8 +76,9 @@ class FeatureRanker:
         return np.argsort(-self.scores(features), axis=-1, kind="stable")
 
 
-def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: int = 5, seed: int = 0,
-                       **kwargs) -> np.ndarray:
+def out_of_fold_scores(
+    features: np.ndarray, targets: np.ndarray, folds: int = 5, seed: int = 0, **kwargs
+) -> np.ndarray:
     """Scores for every query from a `FeatureRanker` fitted on the other folds (queries split at random)."""
     n = len(features)
     fold_of = np.random.default_rng(seed).permutation(n) % folds
@@ -109,7 +112,7 @@ class LevelScorer:
         x = np.zeros((q, k, f * self.num_levels + k), dtype=np.float32)
         index = levels + np.arange(f) * self.num_levels
         np.put_along_axis(x, index, 1.0, axis=-1)
-        x[:, :, f * self.num_levels:] = np.eye(k, dtype=np.float32)
+        x[:, :, f * self.num_levels :] = np.eye(k, dtype=np.float32)
         return torch.from_numpy(x)
 
     def fit(self, levels: np.ndarray, targets: np.ndarray) -> LevelScorer:
@@ -127,7 +130,7 @@ class LevelScorer:
         w = linear.weight.detach().double().numpy()[0]
         f = levels.shape[-1]
         self.weights = w[: f * self.num_levels].reshape(f, self.num_levels)
-        self.position_weights = w[f * self.num_levels:]
+        self.position_weights = w[f * self.num_levels :]
         scores = self.scores(levels).ravel()
         self.edges = np.quantile(scores, np.linspace(0, 1, self.num_score_levels + 1)[1:-1])
         return self

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 ID_SCHEMES = ("semantic", "single", "plain")
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 
@@ -59,7 +60,9 @@ def _grouped_sum(values: np.ndarray, groups: np.ndarray, num_groups: int) -> np.
     return out
 
 
-def _randomized_svd_rows(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], rank: int, seed: int) -> np.ndarray:
+def _randomized_svd_rows(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], rank: int, seed: int
+) -> np.ndarray:
     """Column embeddings (V * singular values) of a sparse matrix given as COO arrays (randomised SVD, 2 power
     iterations)."""
     rng = np.random.default_rng(seed)
@@ -109,7 +112,9 @@ def item_vectors(
         c += known
         v += [1.0 / np.sqrt(max(len(known), 1))] * len(known)
     if c:
-        parts.append((_randomized_svd_rows(np.array(r), np.array(c), np.array(v), (len(train_sequences), n), dim, seed), 1.0))
+        parts.append(
+            (_randomized_svd_rows(np.array(r), np.array(c), np.array(v), (len(train_sequences), n), dim, seed), 1.0)
+        )
     # titles: TF-IDF over words that appear in at least 2 titles
     docs = [title_words(titles.get(int(i), "")) for i in items]
     df = Counter(w for d in docs for w in set(d))
@@ -124,10 +129,14 @@ def item_vectors(
             v.append(x / norm * np.log(n / df[w]))
     if c and title_weight > 0:
         # SVD of the word x item matrix: its column embeddings are item vectors
-        parts.append((_randomized_svd_rows(np.array(c), np.array(r), np.array(v), (len(vocab), n), dim, seed + 1), title_weight))
+        parts.append(
+            (_randomized_svd_rows(np.array(c), np.array(r), np.array(v), (len(vocab), n), dim, seed + 1), title_weight)
+        )
     if not parts:
         raise ValueError("no interactions and no titles to build item vectors from")
-    return np.concatenate([w * p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p, w in parts], axis=1)
+    return np.concatenate(
+        [w * p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p, w in parts], axis=1
+    )
 
 
 # ---- residual k-means -------------------------------------------------------------------------------------------
@@ -216,7 +225,12 @@ def semantic_item_ids(
 
 
 def make_item_ids(
-    scheme: str, items: Iterable[int], train_sequences: Sequence[Sequence[int]], titles: Mapping[int, str], seed: int = 0, **kwargs
+    scheme: str,
+    items: Iterable[int],
+    train_sequences: Sequence[Sequence[int]],
+    titles: Mapping[int, str],
+    seed: int = 0,
+    **kwargs,
 ) -> ItemIdentifiers:
     """Build identifiers by scheme name (`semantic`, `single` or `plain`)."""
     if scheme == "semantic":

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+
 SEQUENCES_FILE = "sequential_data_int.txt"
 ITEMS_FILE = "items.tsv"
 BUNDLED_BEAUTY_DIR = Path(__file__).resolve().parent / "bundled" / "amazon-beauty"
@@ -101,7 +102,9 @@ def read_titles(path: str | Path) -> dict[int, str]:
             line = line.rstrip("\r\n")
             if line_no == 1:
                 if line.split("\t")[:1] != ["item_id"]:
-                    raise DataFormatError(f"{path}, line 1: expected the header 'item_id\\tasin\\ttitle', got {line!r}")
+                    raise DataFormatError(
+                        f"{path}, line 1: expected the header 'item_id\\tasin\\ttitle', got {line!r}"
+                    )
                 continue
             if not line.strip():
                 continue

@@ -72,7 +72,9 @@ class TransitionPreRanker:
                 parts.append((b, a, w * self.reverse_weight, later))
         return _Pairs(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
-    def fit(self, train_sequences: Sequence[Sequence[int]], catalogue: Sequence[int] | None = None) -> TransitionPreRanker:
+    def fit(
+        self, train_sequences: Sequence[Sequence[int]], catalogue: Sequence[int] | None = None
+    ) -> TransitionPreRanker:
         """Count pairs and popularity over the training sequences only. `catalogue` (all item ids that may be
         proposed) defaults to the items seen in training."""
         items = [i for s in train_sequences for i in s]
@@ -93,7 +95,9 @@ class TransitionPreRanker:
         return self
 
     # ---- scoring -------------------------------------------------------------------------------------------
-    def scores(self, history: Sequence[int], own_prefix: Sequence[int] | None = None, position: int | None = None) -> np.ndarray:
+    def scores(
+        self, history: Sequence[int], own_prefix: Sequence[int] | None = None, position: int | None = None
+    ) -> np.ndarray:
         """Scores of every item slot for `history`; history items get -inf.
 
         `own_prefix`/`position`: the querying user's training prefix and the target's index in it; the user's

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from .item_ids import title_words
 
+
 SYSTEM_PROMPT = (
     "You are an expert e-commerce re-ranking assistant. Given a customer's purchase history and a list of "
     "candidate products, you rank the candidates by how likely the customer is to buy each one next."
@@ -64,8 +65,13 @@ def evidence_string(levels: Sequence[int]) -> str:
 
 
 def build_prompt(
-    history: Sequence[str], candidates: Sequence[str], titles: Mapping[str, str], max_title_words: int = 12,
-    style: str = "full", evidence: Sequence[Sequence[int]] | None = None, candidate_title_words: int = 0,
+    history: Sequence[str],
+    candidates: Sequence[str],
+    titles: Mapping[str, str],
+    max_title_words: int = 12,
+    style: str = "full",
+    evidence: Sequence[Sequence[int]] | None = None,
+    candidate_title_words: int = 0,
 ) -> list[dict[str, str]]:
     """Messages for one query. `history`/`candidates` are id strings; `titles` maps id string -> title.
     `history` is expected already cut to the items to show (most recent last).
@@ -158,8 +164,13 @@ def build_trace(
 
 
 def build_short_trace(
-    history: Sequence[str], candidates: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str],
-    max_title_words: int = 12, max_related: int = 3, with_words: bool = True,
+    history: Sequence[str],
+    candidates: Sequence[str],
+    ranking: Sequence[str],
+    titles: Mapping[str, str],
+    max_title_words: int = 12,
+    max_related: int = 3,
+    with_words: bool = True,
 ) -> str:
     """A one-line rationale built only from what the prompt shows, then the pick.
 
@@ -181,8 +192,10 @@ def build_short_trace(
         if shared:
             related.append((-sum(w in last for w in shared), -len(shared), position, candidate, shared))
     related.sort()
-    evidence = "; ".join(f"{c} {' '.join(shared)}" if with_words else str(c)
-                         for *_, c, shared in related[:max_related]) or "none"
+    evidence = (
+        "; ".join(f"{c} {' '.join(shared)}" if with_words else str(c) for *_, c, shared in related[:max_related])
+        or "none"
+    )
     return f"Related: {evidence}. Best: {ranking[0]}."
 
 
@@ -216,8 +229,9 @@ def score_level_tokens(num_score_levels: int = 10) -> list[str]:
     return [f"<r{level}>" for level in range(num_score_levels)]
 
 
-def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[str],
-                      num_best: int = 0) -> str:
+def build_score_trace(
+    candidates: Sequence[str], score_levels: Sequence[int], strongest: Sequence[str], num_best: int = 0
+) -> str:
     """Each candidate's evidence score in prompt order, with the evidence that adds most to it, then the best
     `num_best` grouped by score level: `Scores: [1]<r5><s7>;[2]<r8><t6>;...;[10]<r2><c3>. Best: <r8>[2][7]<r6>[1].`
 
@@ -241,9 +255,14 @@ def build_score_trace(candidates: Sequence[str], score_levels: Sequence[int], st
 
 
 def build_completion(
-    history: Sequence[str], ranking: Sequence[str], titles: Mapping[str, str], trace_style: str = "full",
-    candidates: Sequence[str] | None = None, max_title_words: int = 12,
-    evidence: Sequence[Sequence[int]] | None = None, scores: Sequence[tuple[int, str]] | None = None,
+    history: Sequence[str],
+    ranking: Sequence[str],
+    titles: Mapping[str, str],
+    trace_style: str = "full",
+    candidates: Sequence[str] | None = None,
+    max_title_words: int = 12,
+    evidence: Sequence[Sequence[int]] | None = None,
+    scores: Sequence[tuple[int, str]] | None = None,
 ) -> list[dict[str, str]]:
     """The assistant message: reasoning trace, then the JSON answer on its own last line.
 
@@ -255,16 +274,24 @@ def build_completion(
         raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
     if trace_style == "scores":
         if scores is None or candidates is None:
-            raise ValueError("trace style 'scores' needs the prompt's candidates and their (score level, strongest "
-                             "evidence token) pairs")
+            raise ValueError(
+                "trace style 'scores' needs the prompt's candidates and their (score level, strongest "
+                "evidence token) pairs"
+            )
         trace = build_score_trace(candidates, [r for r, _ in scores], [t for _, t in scores])
     elif trace_style == "evidence":
         if evidence is None or candidates is None:
             raise ValueError("trace style 'evidence' needs the prompt's candidates and their evidence levels")
         trace = build_evidence_trace(candidates, evidence)
     elif trace_style in ("short", "ids"):
-        trace = build_short_trace(history, candidates if candidates is not None else ranking, ranking, titles,
-                                  max_title_words, with_words=trace_style == "short")
+        trace = build_short_trace(
+            history,
+            candidates if candidates is not None else ranking,
+            ranking,
+            titles,
+            max_title_words,
+            with_words=trace_style == "short",
+        )
     else:
         trace = build_trace(history, ranking, titles)
     answer = format_answer(ranking, compact=trace_style in ("evidence", "scores"))

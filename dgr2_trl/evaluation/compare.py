@@ -13,6 +13,7 @@ import numpy as np
 
 from dgr2_trl.rewards.metrics import ndcg_at_k, recall_at_k
 
+
 METRIC_KEYS = ("recall@1", "recall@3", "recall@5", "ndcg@3", "ndcg@5")
 _METRIC_FUNCS = {"recall": recall_at_k, "ndcg": ndcg_at_k}
 _BOOTSTRAP_CHUNK_CELLS = 4_000_000  # resampled indices held at once (~32 MB of int64)

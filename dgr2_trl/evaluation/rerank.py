@@ -14,6 +14,7 @@ from dgr2_trl.rewards.columns import check_ranking_row
 from dgr2_trl.rewards.metrics import ndcg_at_k, recall_at_k
 from dgr2_trl.rewards.parsing import REASONS, parse_ranking
 
+
 METRICS = (("recall@1", "r", 1), ("recall@3", "r", 3), ("recall@5", "r", 5), ("ndcg@3", "n", 3), ("ndcg@5", "n", 5))
 _REQUIRED = ("prompt", "candidates", "target")
 
@@ -48,8 +49,14 @@ def binomial_lower_bound(successes: int, n: int, confidence: float = 0.95) -> fl
     alpha = 1.0 - confidence
 
     def tail(p: float) -> float:  # P(X >= successes), summed in log space
-        terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
-                 + (n - k) * math.log1p(-p) for k in range(successes, n + 1)]
+        terms = [
+            math.lgamma(n + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(n - k + 1)
+            + k * math.log(p)
+            + (n - k) * math.log1p(-p)
+            for k in range(successes, n + 1)
+        ]
         top = max(terms)
         return math.exp(top) * sum(math.exp(t - top) for t in terms)
 
@@ -66,7 +73,9 @@ def evaluate_prerank_floor(dataset) -> dict:
     """Metrics of the pre-ranker's own order (the `candidates` column), the floor a re-ranker must beat."""
     _check_columns(dataset, ("candidates", "target"))
     rows = dataset if not hasattr(dataset, "select_columns") else dataset.select_columns(["candidates", "target"])
-    checked = [check_ranking_row(r["candidates"], r["target"], i, "evaluate_prerank_floor") for i, r in enumerate(rows)]
+    checked = [
+        check_ranking_row(r["candidates"], r["target"], i, "evaluate_prerank_floor") for i, r in enumerate(rows)
+    ]
     rankings = [candidates for candidates, _ in checked]
     targets = [target for _, target in checked]
     scores = ranking_scores(rankings, targets)
@@ -112,7 +121,9 @@ def evaluate_reranker(
     if show_progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=math.ceil(n / batch_size), desc="evaluate", unit="batch", disable=n <= batch_size)
+        batches = tqdm(
+            batches, total=math.ceil(n / batch_size), desc="evaluate", unit="batch", disable=n <= batch_size
+        )
     used, floor_rankings, targets, details, texts = [], [], [], [], set()
     copies_floor = 0
     reasons: Counter[str] = Counter()

@@ -16,9 +16,10 @@ from .masks import (
     position_ids_from_mask,
     to_additive_mask,
 )
-from .replay import replay_logprobs
 from .noise import BlockNoise, CosineSchedule, LinearSchedule, NoiseSchedule, get_schedule, sample_block_noise
+from .replay import replay_logprobs
 from .tiny import tiny_causal_lm
+
 
 __all__ = [
     "BlockDiffusionSettings",

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .masks import block_attention_mask, position_ids_from_mask
 from .forward import decoder_hidden_states
+from .masks import block_attention_mask, position_ids_from_mask
+
 
 CONFIG_KEY = "block_diffusion"
 DEFAULT_MASK_TOKEN = "<|mask|>"
@@ -41,7 +42,8 @@ def _mask_token_id(tokenizer, mask_token: str) -> tuple[int, bool]:
     if tokenizer.mask_token == mask_token:
         return tokenizer.mask_token_id, False
     special_roles = {
-        role: getattr(tokenizer, role, None) for role in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+        role: getattr(tokenizer, role, None)
+        for role in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
     }
     for role, token in special_roles.items():
         if token == mask_token:

@@ -64,9 +64,7 @@ def _upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
-def log_probs_without_mask(
-    logits: torch.Tensor, mask_token_id: int | None, temperature: float = 1.0
-) -> torch.Tensor:
+def log_probs_without_mask(logits: torch.Tensor, mask_token_id: int | None, temperature: float = 1.0) -> torch.Tensor:
     """Log-softmax over the vocabulary with the mask token excluded (it must never be produced).
 
     `temperature` <= 0 means greedy decoding, whose reported log-probs are the untempered ones.

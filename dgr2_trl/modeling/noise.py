@@ -52,7 +52,9 @@ def get_schedule(schedule: str | NoiseSchedule) -> NoiseSchedule:
     if isinstance(schedule, NoiseSchedule):
         return schedule
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a NoiseSchedule")
+        raise ValueError(
+            f"unknown noise schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a NoiseSchedule"
+        )
     return SCHEDULES[schedule]()
 
 

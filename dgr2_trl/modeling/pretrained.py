@@ -17,6 +17,7 @@ from trl.trainer.utils import create_model_from_path
 
 from .conversion import get_block_diffusion_settings
 
+
 SMOLLM2 = "smollm2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,7 +46,8 @@ def resolve_location(name_or_path: str, gguf_file: str | None = None) -> tuple[s
     if not path.exists():
         raise FileNotFoundError(
             f"model_name_or_path {name_or_path!r} is not a local directory or file (nothing is fetched from a hub); "
-            f"pass a saved model's folder, a .gguf file or {SMOLLM2!r}")
+            f"pass a saved model's folder, a .gguf file or {SMOLLM2!r}"
+        )
     if gguf_file is not None and not (path / gguf_file).is_file():
         raise FileNotFoundError(f"no GGUF file {gguf_file!r} in {name_or_path!r}")
     return str(path), gguf_file
@@ -69,11 +71,15 @@ def make_dense(model: PreTrainedModel, dtype=None) -> PreTrainedModel:
     method = getattr(method, "value", method)
     if quantizer is not None or getattr(model, "is_quantized", False):
         if str(method).lower() != "gguf":
-            raise ValueError(f"the model is quantized with {method!r}; only a dequantized GGUF model can be made dense "
-                             "(for quantized fine-tuning use PEFT's own path)")
+            raise ValueError(
+                f"the model is quantized with {method!r}; only a dequantized GGUF model can be made dense "
+                "(for quantized fine-tuning use PEFT's own path)"
+            )
         weights = [p for p in model.parameters() if not p.is_floating_point()]
         if weights:
-            raise ValueError(f"{len(weights)} GGUF weights are still quantized ({weights[0].dtype}); cannot make dense")
+            raise ValueError(
+                f"{len(weights)} GGUF weights are still quantized ({weights[0].dtype}); cannot make dense"
+            )
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model, "quantization_method"):
@@ -86,8 +92,13 @@ def make_dense(model: PreTrainedModel, dtype=None) -> PreTrainedModel:
     return model
 
 
-def load_causal_lm(name_or_path: str | PreTrainedModel, gguf_file: str | None = None, dtype="float32",
-                   attn_implementation: str | None = "sdpa", **kwargs) -> PreTrainedModel:
+def load_causal_lm(
+    name_or_path: str | PreTrainedModel,
+    gguf_file: str | None = None,
+    dtype="float32",
+    attn_implementation: str | None = "sdpa",
+    **kwargs,
+) -> PreTrainedModel:
     """A dense causal LM from a local folder, a `.gguf` file, `"smollm2"`, or a model object (made dense); a
     converted checkpoint comes back with the `generate` that decodes blocks.
 
@@ -100,8 +111,9 @@ def load_causal_lm(name_or_path: str | PreTrainedModel, gguf_file: str | None = 
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if gguf_file is None:
-        model = create_model_from_path(directory, architecture=AutoModelForCausalLM, dtype=_dtype(dtype) or "auto",
-                                       **kwargs)
+        model = create_model_from_path(
+            directory, architecture=AutoModelForCausalLM, dtype=_dtype(dtype) or "auto", **kwargs
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, **kwargs)
     return _with_block_generate(make_dense(model, dtype))

@@ -37,7 +37,12 @@ def replay_states(
         if not scored.any():
             continue
         layout = build_training_layout(
-            prompt_ids, prompt_mask, completion_ids, completion_mask, valid & (steps >= first), mask_token_id,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            valid & (steps >= first),
+            mask_token_id,
             block_size,
         )
         hidden = decoder_hidden_states(model, layout.input_ids, layout.position_ids, layout.attention_mask)
@@ -75,8 +80,16 @@ def replay_logprobs(
     result = torch.zeros(completion_ids.shape, dtype=torch.float64, device=completion_ids.device)
     entropy = torch.zeros_like(result)
     for rows, offsets, log_probs in replay_states(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask, commit_step, mask_token_id, block_size,
-        temperature=temperature, merge_steps=merge_steps,
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        commit_step,
+        mask_token_id,
+        block_size,
+        temperature=temperature,
+        merge_steps=merge_steps,
     ):
         token_logprob = log_probs.gather(-1, completion_ids[rows, offsets][:, None]).squeeze(-1)
         result = result.index_put((rows, offsets), token_logprob.double())

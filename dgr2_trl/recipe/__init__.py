@@ -3,4 +3,5 @@
 from .presets import PRESETS, RecipePreset, get_preset
 from .run import run_recipe
 
+
 __all__ = ["PRESETS", "RecipePreset", "get_preset", "run_recipe"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data.prompts import build_evidence_trace, build_score_trace
 from ..evaluation import compare_rankings, per_query_metrics, read_jsonl
 
+
 DIFFUSION_STAGES = ("naive", "cft", "opd", "rl")
 
 
@@ -30,8 +31,10 @@ def trace_agreement(rows: list[dict], dataset) -> dict:
     names = dataset.column_names
     expected = None
     if "score_levels" in names:
-        expected = [build_score_trace(c, r, t) for c, r, t in
-                    zip(dataset["candidates"], dataset["score_levels"], dataset["score_evidence"])]
+        expected = [
+            build_score_trace(c, r, t)
+            for c, r, t in zip(dataset["candidates"], dataset["score_levels"], dataset["score_evidence"])
+        ]
     elif "evidence" in names:
         expected = [build_evidence_trace(c, e) for c, e in zip(dataset["candidates"], dataset["evidence"])]
     if expected is not None:
@@ -61,11 +64,14 @@ def analyse(output_dir: str | Path, datasets: dict, stages=("ar", *DIFFUSION_STA
             out["teacher_vs_floor"][split] = compare_rankings([r["ranking"] for r in teacher], floor, targets)
         if "ranker_ranking" in dataset.column_names:
             anchor = [list(r) for r in dataset["ranker_ranking"]]
-            out["anchor"][split] = {"metrics": _metrics(anchor, targets),
-                                    "vs_floor": compare_rankings(anchor, floor, targets)}
+            out["anchor"][split] = {
+                "metrics": _metrics(anchor, targets),
+                "vs_floor": compare_rankings(anchor, floor, targets),
+            }
             if teacher is not None and len(teacher) == len(targets):
-                out["anchor"][split]["teacher_vs_anchor"] = compare_rankings([r["ranking"] for r in teacher], anchor,
-                                                                             targets)
+                out["anchor"][split]["teacher_vs_anchor"] = compare_rankings(
+                    [r["ranking"] for r in teacher], anchor, targets
+                )
     test = datasets.get("test")
     teacher = rows.get(("ar", "test"))
     for stage in stages:
@@ -78,6 +84,7 @@ def analyse(output_dir: str | Path, datasets: dict, stages=("ar", *DIFFUSION_STA
         out["traces"][stage] = trace_agreement(stage_rows, users)
         out["traces"][stage]["distinct_text_rate"] = len({r["text"] for r in stage_rows}) / max(n, 1)
         if stage != "ar" and teacher is not None and len(teacher) >= n:
-            out["vs_teacher"][stage] = compare_rankings([r["ranking"] for r in stage_rows],
-                                                        [r["ranking"] for r in teacher[:n]], list(users["target"]))
+            out["vs_teacher"][stage] = compare_rankings(
+                [r["ranking"] for r in stage_rows], [r["ranking"] for r in teacher[:n]], list(users["target"])
+            )
     return out

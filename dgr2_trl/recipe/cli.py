@@ -26,19 +26,31 @@ def main():
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--output_dir", default=None, help="default: outputs/recipe-<preset>")
     parser.add_argument("--no_frontier", action="store_true")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                        help="stages to run, in order (a stage needs the ones before it done, e.g. `--stages ar`)")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to run, in order (a stage needs the ones before it done, e.g. `--stages ar`)",
+    )
     for f in dataclasses.fields(PRESETS["default"]):
         if f.name != "name" and f.type in ("int", "float", "str", "int | None", "str | None"):
             kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
             parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"preset override ({f.type})")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(PRESETS["default"])
-                 if getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(PRESETS["default"])
+        if getattr(args, f.name, None) is not None
+    }
     preset = get_preset(args.preset, **overrides)
-    run_recipe(preset, args.output_dir or f"outputs/recipe-{preset.name}", stages=tuple(args.stages),
-               frontier=not args.no_frontier)
+    run_recipe(
+        preset,
+        args.output_dir or f"outputs/recipe-{preset.name}",
+        stages=tuple(args.stages),
+        frontier=not args.no_frontier,
+    )
 
 
 if __name__ == "__main__":

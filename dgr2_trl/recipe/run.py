@@ -15,12 +15,18 @@ from .presets import RecipePreset
 from .report import write_report
 from .stages import STAGES, Recipe
 
+
 logger = logging.getLogger(__name__)
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -34,9 +40,12 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
     for stage in stages:
         results[stage] = recipe.run_stage(stage)
         r = results[stage]
-        print(f"[{stage}] R@1 {r['recall@1']:.4f}  R@3 {r['recall@3']:.4f}  NDCG@3 {r['ndcg@3']:.4f}  "
-              f"valid {r['valid_rate']:.3f}  copies pre-ranker {r['copies_floor_rate']:.3f}  "
-              f"distinct texts {r['num_distinct_texts']}  n {r['n']}", flush=True)
+        print(
+            f"[{stage}] R@1 {r['recall@1']:.4f}  R@3 {r['recall@3']:.4f}  NDCG@3 {r['ndcg@3']:.4f}  "
+            f"valid {r['valid_rate']:.3f}  copies pre-ranker {r['copies_floor_rate']:.3f}  "
+            f"distinct texts {r['num_distinct_texts']}  n {r['n']}",
+            flush=True,
+        )
     comparisons = analyse(recipe.output_dir, {"test": recipe.test, "validation": recipe.data.validation})
     comparisons["feature_ranker_fit"] = recipe.data.stats.get("feature_ranker")
     rows = recipe.frontier(stages[-1]) if frontier else []

@@ -14,8 +14,17 @@ from pathlib import Path
 from ..evaluation import aggregate_seeds
 from .report import ROWS
 
-KEYS = ("recall@1", "recall@3", "recall@5", "ndcg@3", "ndcg@5", "valid_rate", "copies_floor_rate",
-        "forward_passes_per_token")
+
+KEYS = (
+    "recall@1",
+    "recall@3",
+    "recall@5",
+    "ndcg@3",
+    "ndcg@5",
+    "valid_rate",
+    "copies_floor_rate",
+    "forward_passes_per_token",
+)
 
 
 def _flat(comparison: dict | None) -> dict:
@@ -30,8 +39,14 @@ def _flat(comparison: dict | None) -> dict:
 def aggregate_runs(run_dirs) -> dict:
     runs = [json.loads((Path(d) / "results.json").read_text()) for d in run_dirs]
     seeds = [r["preset"]["seed"] for r in runs]
-    out: dict = {"seeds": seeds, "runs": [str(d) for d in run_dirs], "stages": {}, "teacher_vs_floor": {},
-                 "vs_teacher": {}, "anchor_vs_floor": {}}
+    out: dict = {
+        "seeds": seeds,
+        "runs": [str(d) for d in run_dirs],
+        "stages": {},
+        "teacher_vs_floor": {},
+        "vs_teacher": {},
+        "anchor_vs_floor": {},
+    }
     for key, _ in ROWS:
         per_seed = [r["stages"][key] for r in runs if key in r["stages"]]
         if len(per_seed) == len(runs):
@@ -53,23 +68,34 @@ def markdown(summary: dict) -> str:
         s = stats.get(key)
         return "-" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
-    lines = [f"Seeds {summary['seeds']}: mean ± sample std over seeds.", "",
-             "| stage | R@1 | R@3 | R@5 | NDCG@3 | NDCG@5 | valid rate | copies pre-ranker |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Seeds {summary['seeds']}: mean ± sample std over seeds.",
+        "",
+        "| stage | R@1 | R@3 | R@5 | NDCG@3 | NDCG@5 | valid rate | copies pre-ranker |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, label in ROWS:
         if key in summary["stages"]:
             s = summary["stages"][key]
-            lines.append(f"| {label} | " + " | ".join(cell(s, k) for k in KEYS[:5]) + f" | {cell(s, 'valid_rate', 3)} "
-                         f"| {cell(s, 'copies_floor_rate', 3)} |")
+            lines.append(
+                f"| {label} | " + " | ".join(cell(s, k) for k in KEYS[:5]) + f" | {cell(s, 'valid_rate', 3)} "
+                f"| {cell(s, 'copies_floor_rate', 3)} |"
+            )
     lines += ["", "| comparison | R@1 | R@3 | NDCG@3 | R@5 | NDCG@5 |", "|---|---|---|---|---|---|"]
     rows = [(f"teacher - floor ({split})", summary["teacher_vs_floor"][split]) for split in ("test", "validation")]
     rows += [(f"anchor - floor ({split})", summary["anchor_vs_floor"][split]) for split in ("test", "validation")]
-    rows += [(f"{label} - teacher (test)", summary["vs_teacher"][key]) for key, label in ROWS
-             if key in summary["vs_teacher"]]
+    rows += [
+        (f"{label} - teacher (test)", summary["vs_teacher"][key])
+        for key, label in ROWS
+        if key in summary["vs_teacher"]
+    ]
     for label, s in rows:
         if s:
-            lines.append(f"| {label} | " + " | ".join(cell(s, k) for k in ("recall@1", "recall@3", "ndcg@3",
-                                                                            "recall@5", "ndcg@5")) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(cell(s, k) for k in ("recall@1", "recall@3", "ndcg@3", "recall@5", "ndcg@5"))
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -2,4 +2,5 @@
 
 from ..modeling.pretrained import smollm2_location
 
+
 __all__ = ["smollm2_location"]

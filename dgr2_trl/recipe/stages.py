@@ -24,38 +24,60 @@ from ..samplers import ARSampler, BlockDiffusionSampler
 from ..teachers import teacher_completion_dataset
 from .presets import RecipePreset
 
+
 logger = logging.getLogger(__name__)
 STAGES = ("ar", "naive", "cft", "opd", "rl")
 
 
-def common_args(preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float,
-                cpu_bf16: bool = False) -> dict:
+def common_args(
+    preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float, cpu_bf16: bool = False
+) -> dict:
     """TRL arguments shared by the stages; `cpu_bf16` trains under bf16 autocast on a CPU as well."""
     on_gpu = torch.cuda.is_available()
     return dict(
-        output_dir=str(stage_dir), max_steps=steps, learning_rate=learning_rate, per_device_train_batch_size=preset.batch_size,
-        lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10), logging_steps=max(1, min(10, steps // 10)),
-        save_strategy="no", report_to="none", seed=preset.seed,
+        output_dir=str(stage_dir),
+        max_steps=steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=preset.batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(20, steps // 10),
+        logging_steps=max(1, min(10, steps // 10)),
+        save_strategy="no",
+        report_to="none",
+        seed=preset.seed,
         bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and cpu_bf16),
-        use_cpu=not on_gpu, gradient_checkpointing=False, dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
     )
 
 
 def rollout_args(preset: RecipePreset) -> dict:
     """How OPD and RL rollouts decode (the trainers' shared sampler fields)."""
-    return dict(threshold=preset.rollout_threshold, fallback=preset.rollout_fallback,
-                max_completion_length=preset.max_new_tokens, max_steps_per_block=preset.rollout_max_steps_per_block)
+    return dict(
+        threshold=preset.rollout_threshold,
+        fallback=preset.rollout_fallback,
+        max_completion_length=preset.max_new_tokens,
+        max_steps_per_block=preset.rollout_max_steps_per_block,
+    )
 
 
 def data_settings(preset: RecipePreset) -> dict:
     """The preset's arguments to `build_rerank_datasets` that shape the prompts and the training queries (the
     number of evaluation queries is left to the caller)."""
-    return dict(id_scheme=preset.id_scheme, history_length=preset.history_length,
-                max_title_words=preset.max_title_words, prompt_style=preset.prompt_style,
-                trace_style=preset.trace_style, insert_target_fraction=preset.insert_target_fraction,
-                target_order=preset.target_order, candidate_title_words=preset.candidate_title_words,
-                promote_top=preset.promote_top,
-                max_train_queries=preset.max_train_queries, seed=preset.seed)
+    return dict(
+        id_scheme=preset.id_scheme,
+        history_length=preset.history_length,
+        max_title_words=preset.max_title_words,
+        prompt_style=preset.prompt_style,
+        trace_style=preset.trace_style,
+        insert_target_fraction=preset.insert_target_fraction,
+        target_order=preset.target_order,
+        candidate_title_words=preset.candidate_title_words,
+        promote_top=preset.promote_top,
+        max_train_queries=preset.max_train_queries,
+        seed=preset.seed,
+    )
 
 
 class Recipe:
@@ -69,8 +91,12 @@ class Recipe:
         start = time.perf_counter()
         self.data = build_rerank_datasets(**data_settings(preset), max_eval_queries=preset.max_eval_queries)
         self.test = self.data.test
-        logger.info("data built in %.1fs: %d train, %d test queries", time.perf_counter() - start,
-                    len(self.data.train), len(self.test))
+        logger.info(
+            "data built in %.1fs: %d train, %d test queries",
+            time.perf_counter() - start,
+            len(self.data.train),
+            len(self.test),
+        )
         self.tokenizer = self._tokenizer()
         self.timings: dict[str, float] = {}
         # where evaluation and the frontier decode; training goes where TRL's accelerator puts it (the same GPU)
@@ -94,9 +120,16 @@ class Recipe:
         p = self.preset
         if p.model_name_or_path is None:
             return tiny_causal_lm(
-                len(self.tokenizer) + 1, "qwen3", hidden_size=p.hidden_size, num_layers=p.num_layers,
-                num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=4 * p.hidden_size,
-                seed=p.seed, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                len(self.tokenizer) + 1,
+                "qwen3",
+                hidden_size=p.hidden_size,
+                num_layers=p.num_layers,
+                num_heads=p.num_heads,
+                num_kv_heads=p.num_kv_heads,
+                intermediate_size=4 * p.hidden_size,
+                seed=p.seed,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
             )
         model = load_causal_lm(p.model_name_or_path, gguf_file=p.gguf_file)
         model.resize_token_embeddings(len(self.tokenizer) + 1)
@@ -120,27 +153,55 @@ class Recipe:
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
-    def evaluate(self, model, block: bool, threshold: float | None = None, batch_size: int | None = None,
-                 max_queries: int | None = None, fallback: str | None = None, split: str = "test",
-                 rows_stage: str | None = None) -> dict:
+    def evaluate(
+        self,
+        model,
+        block: bool,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        max_queries: int | None = None,
+        fallback: str | None = None,
+        split: str = "test",
+        rows_stage: str | None = None,
+    ) -> dict:
         """Decode `split`'s queries and score them; with `rows_stage`, each query's output goes to
         `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text)."""
         model = model.to(self.device).eval()
         if block:
-            sampler = BlockDiffusionSampler(model, self.tokenizer, threshold=threshold or self.preset.eval_threshold,
-                                            fallback=fallback or self.preset.eval_fallback)
+            sampler = BlockDiffusionSampler(
+                model,
+                self.tokenizer,
+                threshold=threshold or self.preset.eval_threshold,
+                fallback=fallback or self.preset.eval_fallback,
+            )
         else:
             sampler = ARSampler(model, self.tokenizer)
         dataset = {"test": self.test, "validation": self.data.validation}[split]
-        result = evaluate_reranker(sampler, dataset, max_new_tokens=self.preset.max_new_tokens,
-                                   batch_size=batch_size or self.preset.eval_batch_size, max_queries=max_queries,
-                                   return_rows=rows_stage is not None)
+        result = evaluate_reranker(
+            sampler,
+            dataset,
+            max_new_tokens=self.preset.max_new_tokens,
+            batch_size=batch_size or self.preset.eval_batch_size,
+            max_queries=max_queries,
+            return_rows=rows_stage is not None,
+        )
         if rows_stage is not None:
             rows = result.pop("rows")
             columns = dataset.select_columns(["user_id", "candidates", "target"])
-            write_jsonl(self.stage_dir(rows_stage) / f"{split}_rows.jsonl", [
-                {"user_id": c["user_id"], "candidates": c["candidates"], "target": c["target"], "ranking": r["ranking"],
-                 "valid": r["valid"], "text": r["text"]} for c, r in zip(columns, rows)])
+            write_jsonl(
+                self.stage_dir(rows_stage) / f"{split}_rows.jsonl",
+                [
+                    {
+                        "user_id": c["user_id"],
+                        "candidates": c["candidates"],
+                        "target": c["target"],
+                        "ranking": r["ranking"],
+                        "valid": r["valid"],
+                        "text": r["text"],
+                    }
+                    for c, r in zip(columns, rows)
+                ],
+            )
         return result
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -160,22 +221,30 @@ class Recipe:
         return self.save("ar", model, metrics)
 
     def run_naive(self):
-        model, _ = convert_to_block_diffusion(self.load("ar"), copy.deepcopy(self.tokenizer),
-                                              block_size=self.preset.block_size)
+        model, _ = convert_to_block_diffusion(
+            self.load("ar"), copy.deepcopy(self.tokenizer), block_size=self.preset.block_size
+        )
         self.timings["naive"] = 0.0
-        return self.save("naive", model, self.evaluate(model, block=True, rows_stage="naive",
-                                                       max_queries=self.preset.naive_eval_queries))
+        return self.save(
+            "naive",
+            model,
+            self.evaluate(model, block=True, rows_stage="naive", max_queries=self.preset.naive_eval_queries),
+        )
 
     def run_cft(self):
         from ..trainers import DiffusionSFTConfig, DiffusionSFTTrainer
 
         p = self.preset
-        args = DiffusionSFTConfig(**common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate,
-                                              cpu_bf16=p.bf16_on_cpu),
-                                  block_size=p.block_size, max_length=2048, valid_rate_num_prompts=0)
+        args = DiffusionSFTConfig(
+            **common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate, cpu_bf16=p.bf16_on_cpu),
+            block_size=p.block_size,
+            max_length=2048,
+            valid_rate_num_prompts=0,
+        )
         start = time.perf_counter()
-        trainer = DiffusionSFTTrainer(self.load("naive"), args=args, train_dataset=self.cft_dataset(),
-                                      processing_class=self.tokenizer)
+        trainer = DiffusionSFTTrainer(
+            self.load("naive"), args=args, train_dataset=self.cft_dataset(), processing_class=self.tokenizer
+        )
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -189,8 +258,13 @@ class Recipe:
         if p.cft_targets != "teacher":
             raise ValueError(f"cft_targets must be 'data' or 'teacher', got {p.cft_targets!r}")
         teacher = ARSampler(self.load("ar"), self.tokenizer)
-        return teacher_completion_dataset(teacher, self.data.train, max_new_tokens=p.max_new_tokens,
-                                          batch_size=p.eval_batch_size, num_queries=p.cft_teacher_queries)
+        return teacher_completion_dataset(
+            teacher,
+            self.data.train,
+            max_new_tokens=p.max_new_tokens,
+            batch_size=p.eval_batch_size,
+            num_queries=p.cft_teacher_queries,
+        )
 
     def run_opd(self):
         from ..trainers.opd_config import OnPolicyDistillConfig
@@ -199,10 +273,19 @@ class Recipe:
         p = self.preset
         options = common_args(p, self.stage_dir("opd"), p.opd_steps, p.opd_learning_rate)
         options["per_device_train_batch_size"] = p.opd_prompts_per_step
-        args = OnPolicyDistillConfig(**options, **rollout_args(p), num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
-                                     divergence=p.opd_divergence)
-        trainer = OnPolicyDistillTrainer(self.load("cft"), teacher_model=self.load("ar"), args=args,
-                                         train_dataset=self.data.train, processing_class=self.tokenizer)
+        args = OnPolicyDistillConfig(
+            **options,
+            **rollout_args(p),
+            num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
+            divergence=p.opd_divergence,
+        )
+        trainer = OnPolicyDistillTrainer(
+            self.load("cft"),
+            teacher_model=self.load("ar"),
+            args=args,
+            train_dataset=self.data.train,
+            processing_class=self.tokenizer,
+        )
         start = time.perf_counter()
         trainer.train()
         self.timings["opd"] = time.perf_counter() - start
@@ -219,8 +302,12 @@ class Recipe:
         args = DiffusionGRPOConfig(**options, **rollout_args(p), num_generations=p.rl_num_generations, temperature=1.0)
         # the rank-promotion reward is 0 for every answer when the true item is not among the candidates
         rows = self.data.train.filter(lambda row: row["target_in_candidates"])
-        trainer = DiffusionGRPOTrainer(self.load("opd"), args=args, train_dataset=rows if len(rows) else self.data.train,
-                                       processing_class=self.tokenizer)
+        trainer = DiffusionGRPOTrainer(
+            self.load("opd"),
+            args=args,
+            train_dataset=rows if len(rows) else self.data.train,
+            processing_class=self.tokenizer,
+        )
         start = time.perf_counter()
         trainer.train()
         self.timings["rl"] = time.perf_counter() - start
@@ -256,8 +343,14 @@ class Recipe:
             rows.append(_frontier_row("ar", None, batch_size, ar, ar))
             for fallback in p.frontier_fallbacks:
                 for threshold in p.frontier_thresholds:
-                    scores = self.evaluate(final, block=True, threshold=threshold, batch_size=batch_size,
-                                           max_queries=limit, fallback=fallback)
+                    scores = self.evaluate(
+                        final,
+                        block=True,
+                        threshold=threshold,
+                        batch_size=batch_size,
+                        max_queries=limit,
+                        fallback=fallback,
+                    )
                     rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, fallback))
         path.write_text(json.dumps(rows, indent=2))
         return rows
@@ -265,9 +358,14 @@ class Recipe:
 
 def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict, fallback: str | None = None) -> dict:
     return {
-        "model": model, "threshold": threshold, "fallback": fallback, "batch_size": batch_size, "n": scores["n"],
+        "model": model,
+        "threshold": threshold,
+        "fallback": fallback,
+        "batch_size": batch_size,
+        "n": scores["n"],
         "tokens_per_second": scores["tokens_per_second"],
         "speedup_vs_ar": (scores["tokens_per_second"] / ar["tokens_per_second"]) if ar["tokens_per_second"] else None,
         "forward_passes_per_token": scores["forward_passes_per_token"],
-        "recall@1": scores["recall@1"], "valid_rate": scores["valid_rate"],
+        "recall@1": scores["recall@1"],
+        "valid_rate": scores["valid_rate"],
     }

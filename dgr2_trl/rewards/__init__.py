@@ -4,12 +4,12 @@ from .columns import ColumnValueError, check_candidates, check_pre_rank, check_r
 from .functions import (
     CombinedReward,
     ConditionalFormatReward,
+    MissingColumnError,
     NDCGReward,
     RankingReward,
     RankPromotionReward,
     RecallReward,
     ValidityReward,
-    MissingColumnError,
     combine_rewards,
     conditional_format_reward,
     default_rl_reward,
@@ -24,6 +24,7 @@ from .functions import (
 )
 from .metrics import ndcg_at_k, recall_at_k, target_rank
 from .parsing import REASONS, ParsedRanking, completion_text, parse_ranking
+
 
 __all__ = [
     "ColumnValueError", "CombinedReward", "ConditionalFormatReward", "MissingColumnError", "NDCGReward",

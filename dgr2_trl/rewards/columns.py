@@ -42,13 +42,19 @@ def _as_id(value) -> str | None:
 def _check_id(context: str, column: str, row: int | str, value, what: str) -> str:
     item_id = _as_id(value)
     if item_id is None:
-        raise _fail(context, column, row,
-                    f"{what} is {_preview(value)} ({type(value).__name__}), expected an id string")
+        raise _fail(
+            context, column, row, f"{what} is {_preview(value)} ({type(value).__name__}), expected an id string"
+        )
     # parse_ranking strips the ids it reads from an answer, so a padded id could never be matched: refuse it
     # rather than strip it here, where the prompt the model saw may show it padded
     if not item_id or item_id != item_id.strip():
-        raise _fail(context, column, row, f"{what} {item_id!r} is empty or has surrounding whitespace, expected an id "
-                                          "string without it (strip the column)")
+        raise _fail(
+            context,
+            column,
+            row,
+            f"{what} {item_id!r} is empty or has surrounding whitespace, expected an id "
+            "string without it (strip the column)",
+        )
     return item_id
 
 
@@ -61,8 +67,13 @@ def check_candidates(value, row: int | str, context: str) -> list[str]:
         raise _fail(context, "candidates", row, f"got None, expected {expected}")
     if isinstance(value, (str, bytes)):
         # deliberately not parsed: a list stored as text means the dataset was saved in a lossy format
-        raise _fail(context, "candidates", row, f"got the string {_preview(value)}, expected {expected} (a list "
-                    "stored as JSON text, e.g. after a CSV round trip, must be decoded, e.g. with json.loads, first)")
+        raise _fail(
+            context,
+            "candidates",
+            row,
+            f"got the string {_preview(value)}, expected {expected} (a list "
+            "stored as JSON text, e.g. after a CSV round trip, must be decoded, e.g. with json.loads, first)",
+        )
     if not isinstance(value, (list, tuple)) and getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
         value = value.tolist()  # a 1-D numpy array, as pandas gives list columns
     if not isinstance(value, (list, tuple)):
@@ -85,11 +96,18 @@ def check_target(value, row: int | str, context: str) -> str:
 def check_pre_rank(value, candidates: list[str], target: str, row: int | str, context: str) -> int:
     """The row's `pre_rank`, which must be the target's 0-based position in `candidates` (-1 when absent)."""
     expected = candidates.index(target) if target in candidates else -1
-    why = (f"the position of the target {target!r} in the candidates" if expected >= 0
-           else f"the target {target!r} is not among the candidates")
+    why = (
+        f"the position of the target {target!r} in the candidates"
+        if expected >= 0
+        else f"the target {target!r} is not among the candidates"
+    )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _fail(context, "pre_rank", row, f"got {_preview(value)} ({type(value).__name__}), expected the int "
-                                              f"{expected} ({why})")
+        raise _fail(
+            context,
+            "pre_rank",
+            row,
+            f"got {_preview(value)} ({type(value).__name__}), expected the int {expected} ({why})",
+        )
     if int(value) != expected:
         raise _fail(context, "pre_rank", row, f"got {int(value)}, expected {expected} ({why})")
     return expected

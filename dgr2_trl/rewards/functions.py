@@ -19,6 +19,7 @@ from .columns import ColumnValueError, MissingColumnError, check_candidates, che
 from .metrics import ndcg_at_k, recall_at_k, target_rank
 from .parsing import ParsedRanking, parse_ranking
 
+
 RewardFunc = Callable[..., list[float]]
 
 
@@ -31,8 +32,10 @@ def _column(reward_name: str, kwargs: dict, column: str, n: int) -> list:
             f"keyword arguments); got columns {present}"
         )
     if isinstance(values, (str, bytes)):  # one row's value passed as the column would be read per character
-        raise ColumnValueError(f"{reward_name}: column {column!r} is the string {values[:60]!r}, expected a list with "
-                               f"one entry per completion")
+        raise ColumnValueError(
+            f"{reward_name}: column {column!r} is the string {values[:60]!r}, expected a list with "
+            f"one entry per completion"
+        )
     if len(values) != n:
         raise ValueError(f"{reward_name}: column {column!r} has {len(values)} entries for {n} completions")
     return list(values)
@@ -40,8 +43,9 @@ def _column(reward_name: str, kwargs: dict, column: str, n: int) -> list:
 
 def _check_prompts(reward_name: str, prompts, n: int) -> None:
     if prompts is not None and len(prompts) != n:
-        raise ValueError(f"{reward_name}: got {len(prompts)} prompts for {n} completions, expected one prompt per "
-                         f"completion")
+        raise ValueError(
+            f"{reward_name}: got {len(prompts)} prompts for {n} completions, expected one prompt per completion"
+        )
 
 
 def _checked_row(reward_name: str, i: int, row: dict) -> dict:
@@ -89,7 +93,8 @@ class RankingReward:
     def __call__(self, prompts=None, completions=(), **kwargs) -> list[float]:
         _check_prompts(self.__name__, prompts, len(completions))
         return [
-            self.score(p, r) if p.valid else self.invalid_reward for p, r in _rows(self.__name__, completions, kwargs, self.columns)
+            self.score(p, r) if p.valid else self.invalid_reward
+            for p, r in _rows(self.__name__, completions, kwargs, self.columns)
         ]
 
     def __repr__(self) -> str:
@@ -194,7 +199,12 @@ class CombinedReward:
     As in TRL, a part may return None for a row it does not apply to (NaN counts the same): the row's sum leaves it
     out, and a row no part applies to gets None (TRL then treats it as unscorable)."""
 
-    def __init__(self, weighted: Sequence[tuple[RewardFunc, float]], invalid_reward: float | None = -1.0, name: str | None = None):
+    def __init__(
+        self,
+        weighted: Sequence[tuple[RewardFunc, float]],
+        invalid_reward: float | None = -1.0,
+        name: str | None = None,
+    ):
         self.weighted = [(f, float(w)) for f, w in weighted]
         if not self.weighted:
             raise ValueError("combine_rewards needs at least one (reward function, weight) pair")
@@ -212,16 +222,21 @@ class CombinedReward:
         try:
             values = list(values)
         except TypeError:
-            raise TypeError(f"{self.__name__}: reward {part!r} returned {type(values).__name__}, expected a list of "
-                            f"{n} floats (or None)") from None
+            raise TypeError(
+                f"{self.__name__}: reward {part!r} returned {type(values).__name__}, expected a list of "
+                f"{n} floats (or None)"
+            ) from None
         if len(values) != n:
-            raise ValueError(f"{self.__name__}: reward {part!r} returned {len(values)} values for {n} completions, "
-                             f"expected one per completion")
+            raise ValueError(
+                f"{self.__name__}: reward {part!r} returned {len(values)} values for {n} completions, "
+                f"expected one per completion"
+            )
         out = [_as_float(v) for v in values]
         for k, (v, x) in enumerate(zip(values, out)):
             if x is None:
-                raise TypeError(f"{self.__name__}: reward {part!r} returned {v!r} for completion {k}, expected a "
-                                f"float or None")
+                raise TypeError(
+                    f"{self.__name__}: reward {part!r} returned {v!r} for completion {k}, expected a float or None"
+                )
         return out
 
     def __call__(self, prompts=None, completions=(), **kwargs) -> list[float | None]:

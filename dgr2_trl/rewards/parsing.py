@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+
 REASONS = ("ok", "unparsable", "duplicate", "missing", "out_of_set")
 # Bounds that keep parsing cheap on adversarial text: only the last few `{` are tried, on a bounded tail.
 _MAX_CHARS = 20_000
@@ -42,7 +43,9 @@ def completion_text(completion) -> str:
             return ""
         content = assistant[-1].get("content", "")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+            return "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
         return content if isinstance(content, str) else ""
     return ""
 

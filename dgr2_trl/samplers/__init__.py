@@ -5,5 +5,12 @@ from .block_diffusion import BlockDiffusionSampler, fill_after_eos, select_commi
 from .common import encode_prompts
 from .output import GenerationOutput
 
-__all__ = ["ARSampler", "BlockDiffusionSampler", "GenerationOutput", "encode_prompts", "fill_after_eos",
-           "select_commits"]
+
+__all__ = [
+    "ARSampler",
+    "BlockDiffusionSampler",
+    "GenerationOutput",
+    "encode_prompts",
+    "fill_after_eos",
+    "select_commits",
+]

@@ -30,7 +30,10 @@ FALLBACKS = ("confidence", "leftmost")
 
 
 def select_commits(
-    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, min_commits: torch.Tensor,
+    confidence: torch.Tensor,
+    masked: torch.Tensor,
+    threshold: float,
+    min_commits: torch.Tensor,
     fallback: str = "confidence",
 ) -> torch.Tensor:
     """Which masked positions to commit this step: every one with confidence >= threshold, plus `min_commits`
@@ -155,12 +158,21 @@ class _ActiveRows:
     @classmethod
     def for_prompts(cls, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: DynamicCache) -> _ActiveRows:
         valid = prompt_mask.bool()
-        prompt = Query(prompt_ids, position_ids_from_mask(prompt_mask), prompt_block_ids(prompt_mask),
-                       torch.zeros_like(valid), valid)
+        prompt = Query(
+            prompt_ids,
+            position_ids_from_mask(prompt_mask),
+            prompt_block_ids(prompt_mask),
+            torch.zeros_like(valid),
+            valid,
+        )
         batch, device = len(prompt_ids), prompt_ids.device
-        return cls(cache=cache, rows=torch.arange(batch, device=device),
-                   key_valid=torch.empty(batch, 0, dtype=torch.bool, device=device), pending=prompt,
-                   block_start=prompt_mask.sum(-1))
+        return cls(
+            cache=cache,
+            rows=torch.arange(batch, device=device),
+            key_valid=torch.empty(batch, 0, dtype=torch.bool, device=device),
+            pending=prompt,
+            block_start=prompt_mask.sum(-1),
+        )
 
     def next_block(self, finished_block: _Block, retire: torch.Tensor) -> None:
         """Queue the finished block's clean tokens for the cache (written in the next block's first step, so a
@@ -238,10 +250,12 @@ class BlockDiffusionSampler:
                 "the model is not a block-diffusion model; convert it first with "
                 "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
             )
-        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
-                                       or block_size < 1):
-            raise ValueError(f"block_size must be None (the model's {settings.block_size}) or an integer >= 1, "
-                             f"got {block_size!r}")
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise ValueError(
+                f"block_size must be None (the model's {settings.block_size}) or an integer >= 1, got {block_size!r}"
+            )
         # a converted model moved to an attention backend that ignores 4D masks would decode causally
         ensure_custom_mask_support(model)
         self.model = model

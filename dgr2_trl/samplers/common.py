@@ -49,14 +49,18 @@ def check_prompt_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     if bad.any():
         row = int(bad.any(-1).nonzero()[0])
         token = int(input_ids[row][bad[row]][0])
-        raise ValueError(f"prompt {row} holds token id {token}, outside the model's vocabulary of {vocab} rows; "
-                         "was it encoded with another tokenizer?")
+        raise ValueError(
+            f"prompt {row} holds token id {token}, outside the model's vocabulary of {vocab} rows; "
+            "was it encoded with another tokenizer?"
+        )
     limit = getattr(model.config, "max_position_embeddings", None)
     longest = int(real.sum(-1).max())
     if limit is not None and longest + new_positions > limit:
         row = int(real.sum(-1).argmax())
-        raise ValueError(f"prompt {row} has {longest} tokens; with {new_positions} new positions that exceeds the "
-                         f"model's max_position_embeddings={limit}: shorten the prompt or max_new_tokens")
+        raise ValueError(
+            f"prompt {row} has {longest} tokens; with {new_positions} new positions that exceeds the "
+            f"model's max_position_embeddings={limit}: shorten the prompt or max_new_tokens"
+        )
 
 
 def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +90,9 @@ def check_threshold(threshold) -> float:
 
 
 def check_steps_per_block(max_steps_per_block) -> int | None:
-    if max_steps_per_block is not None and (isinstance(max_steps_per_block, bool) or not isinstance(
-            max_steps_per_block, int) or max_steps_per_block < 1):
+    if max_steps_per_block is not None and (
+        isinstance(max_steps_per_block, bool) or not isinstance(max_steps_per_block, int) or max_steps_per_block < 1
+    ):
         raise ValueError(f"max_steps_per_block must be None (no cap) or an integer >= 1, got {max_steps_per_block!r}")
     return max_steps_per_block
 
@@ -103,8 +108,11 @@ def eos_ids(tokenizer, eos_token_id) -> list[int]:
 
 def warn_without_eos(eos: list[int]) -> None:
     if not eos:
-        warnings.warn("no end-of-sequence token (neither eos_token_id nor the tokenizer's eos token): every row "
-                      "decodes to max_new_tokens", stacklevel=3)
+        warnings.warn(
+            "no end-of-sequence token (neither eos_token_id nor the tokenizer's eos token): every row "
+            "decodes to max_new_tokens",
+            stacklevel=3,
+        )
 
 
 def cut_at_eos(row: list[int], eos: list[int], limit: int) -> int:
@@ -115,9 +123,7 @@ def cut_at_eos(row: list[int], eos: list[int], limit: int) -> int:
     return min(len(row), limit)
 
 
-def sample_tokens(
-    log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
-) -> torch.Tensor:
+def sample_tokens(log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Greedy (temperature <= 0) or exact categorical sampling via Gumbel-max in float64."""
     if temperature <= 0:
         return log_probs.argmax(-1)

@@ -19,16 +19,32 @@ from pathlib import Path
 
 import torch
 
+
 CUSTOM_GENERATE_FILE = Path("custom_generate") / "generate.py"
 CUSTOM_GENERATE_SOURCE = '''"""Written by dgr2-trl: this block-diffusion checkpoint decodes blocks in `model.generate` (needs dgr2-trl)."""
 
 from dgr2_trl.samplers.hf_generate import block_diffusion_generate as generate  # noqa: F401
 '''
 # HF `generate` arguments this adapter cannot honour (it would otherwise ignore them and decode differently)
-_REFUSED = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "assistant_model", "streamer",
-            "negative_prompt_ids", "negative_prompt_attention_mask", "synced_gpus")
-_IGNORED = ("use_cache", "return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
-            "output_hidden_states", "tokenizer")
+_REFUSED = (
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "assistant_model",
+    "streamer",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "synced_gpus",
+)
+_IGNORED = (
+    "use_cache",
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "output_attentions",
+    "output_hidden_states",
+    "tokenizer",
+)
 
 
 @dataclass
@@ -61,15 +77,19 @@ def block_diffusion_generate(model, inputs: torch.Tensor | None = None, generati
 
     for name in _REFUSED:
         if kwargs.pop(name, None) not in (None, [], ()):
-            raise ValueError(f"generate(..., {name}=...) is not supported on a block-diffusion model: decode with "
-                             "dgr2_trl.samplers.BlockDiffusionSampler (or model.generate without it)")
+            raise ValueError(
+                f"generate(..., {name}=...) is not supported on a block-diffusion model: decode with "
+                "dgr2_trl.samplers.BlockDiffusionSampler (or model.generate without it)"
+            )
     for name in _IGNORED:
         kwargs.pop(name, None)
     config = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     num_beams = _setting("num_beams", kwargs, generation_config, 1)
     if num_beams != 1 or _setting("num_return_sequences", kwargs, generation_config, 1) != 1:
-        raise ValueError("beam search and num_return_sequences > 1 are not supported on a block-diffusion model: "
-                         "decode with dgr2_trl.samplers.BlockDiffusionSampler")
+        raise ValueError(
+            "beam search and num_return_sequences > 1 are not supported on a block-diffusion model: "
+            "decode with dgr2_trl.samplers.BlockDiffusionSampler"
+        )
     input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
     if input_ids is None:
         raise ValueError("generate needs input_ids (a (batch, length) tensor of token ids)")
@@ -82,7 +102,9 @@ def block_diffusion_generate(model, inputs: torch.Tensor | None = None, generati
         max_length = max_length or getattr(config, "max_length", None) or 20
         max_new_tokens = max_length - input_ids.shape[1]
     if max_new_tokens < 1:
-        raise ValueError(f"nothing to generate: max_new_tokens={max_new_tokens} (prompt of {input_ids.shape[1]} tokens)")
+        raise ValueError(
+            f"nothing to generate: max_new_tokens={max_new_tokens} (prompt of {input_ids.shape[1]} tokens)"
+        )
     do_sample = bool(_setting("do_sample", kwargs, config, False))
     temperature = float(_setting("temperature", kwargs, config, 1.0)) if do_sample else 0.0
     pad = _setting("pad_token_id", kwargs, config)
@@ -90,8 +112,11 @@ def block_diffusion_generate(model, inputs: torch.Tensor | None = None, generati
     pad = pad if pad is not None else (eos if isinstance(eos, int) else (eos or [None])[0])
     if pad is None:
         raise ValueError("generate needs pad_token_id or eos_token_id (neither is in the model's generation config)")
-    sampler_options = {k: kwargs.pop(k) for k in ("block_size", "threshold", "fallback", "max_steps_per_block")
-                       if kwargs.get(k) is not None}
+    sampler_options = {
+        k: kwargs.pop(k)
+        for k in ("block_size", "threshold", "fallback", "max_steps_per_block")
+        if kwargs.get(k) is not None
+    }
     generator = kwargs.pop("generator", None)
     for name in ("top_k", "top_p", "min_p", "repetition_penalty"):
         value = kwargs.pop(name, None)
@@ -99,8 +124,10 @@ def block_diffusion_generate(model, inputs: torch.Tensor | None = None, generati
             raise ValueError(f"{name} is not supported on a block-diffusion model (plain temperature sampling only)")
     unknown = sorted(k for k, v in kwargs.items() if v is not None)
     if unknown:
-        raise ValueError(f"generate got arguments a block-diffusion model does not support: {unknown}; decode with "
-                         "dgr2_trl.samplers.BlockDiffusionSampler")
+        raise ValueError(
+            f"generate got arguments a block-diffusion model does not support: {unknown}; decode with "
+            "dgr2_trl.samplers.BlockDiffusionSampler"
+        )
 
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
     sampler = BlockDiffusionSampler(model, _Ids(pad, eos), **sampler_options)

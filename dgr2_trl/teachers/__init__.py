@@ -7,6 +7,7 @@ from .in_process import InProcessTeacher
 from .sequence_kd import teacher_completion_dataset
 from .vllm_server import TeacherServerError, VLLMServerTeacher
 
+
 __all__ = [
     "DIVERGENCES",
     "InProcessTeacher",

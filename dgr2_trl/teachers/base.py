@@ -33,10 +33,12 @@ class TeacherScores:
     def num_tokens(self) -> int:
         return int(self.mask.sum())
 
-    def to(self, device) -> "TeacherScores":
-        return TeacherScores(*(t.to(device) for t in (self.topk_logprobs, self.topk_ids, self.token_logprobs, self.mask)))
+    def to(self, device) -> TeacherScores:
+        return TeacherScores(
+            *(t.to(device) for t in (self.topk_logprobs, self.topk_ids, self.token_logprobs, self.mask))
+        )
 
-    def rows(self, index) -> "TeacherScores":
+    def rows(self, index) -> TeacherScores:
         """A subset of rows (a slice, a list or an index tensor)."""
         return TeacherScores(*(t[index] for t in (self.topk_logprobs, self.topk_ids, self.token_logprobs, self.mask)))
 
@@ -83,5 +85,5 @@ class Teacher(ABC):
         """Number of rows of the teacher's output distribution, when known."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (nothing by default)."""

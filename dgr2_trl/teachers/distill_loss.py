@@ -7,6 +7,7 @@ import torch
 
 from ..modeling.replay import replay_states
 
+
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 # Floor for a tail bucket's log-mass: a teacher top-k that covers the whole vocabulary leaves a tail of exactly 0,
 # whose log would turn 0 * log 0 into NaN. e^-80 is far below anything float32 probabilities resolve.
@@ -41,7 +42,14 @@ def replay_support_logprobs(
     support = torch.zeros(batch, width, k, dtype=dtype, device=support_ids.device)
     tail = torch.zeros(batch, width, dtype=dtype, device=support_ids.device)
     for rows, offsets, log_probs in replay_states(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask, commit_step, mask_token_id, block_size,
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        commit_step,
+        mask_token_id,
+        block_size,
         scored_mask=loss_mask,
     ):
         ids, ok = support_ids[rows, offsets], support_valid[rows, offsets]
@@ -72,7 +80,9 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return terms.sum(-1)
 
 
-def bucket_divergence(teacher: torch.Tensor, student: torch.Tensor, divergence: str, jsd_beta: float = 0.5) -> torch.Tensor:
+def bucket_divergence(
+    teacher: torch.Tensor, student: torch.Tensor, divergence: str, jsd_beta: float = 0.5
+) -> torch.Tensor:
     """Per-token divergence between two bucket log-distributions `(..., k+1)`.
 
     `forward_kl` = KL(teacher || student) (mode-covering, the paper's OPD loss), `reverse_kl` = KL(student ||

@@ -111,7 +111,11 @@ def check_vocabulary(student_tokenizer, teacher_vocab_size: int, teacher_tokeniz
         )
     if teacher_tokenizer is not None:
         teacher_vocab = teacher_tokenizer.get_vocab()
-        differ = [(t, i, teacher_vocab.get(t)) for t, i in sorted(vocab.items(), key=lambda kv: kv[1]) if teacher_vocab.get(t) != i]
+        differ = [
+            (t, i, teacher_vocab.get(t))
+            for t, i in sorted(vocab.items(), key=lambda kv: kv[1])
+            if teacher_vocab.get(t) != i
+        ]
         if differ:
             raise ValueError(
                 f"{name}'s tokenizer differs from the student's on {len(differ)} tokens, e.g. "

@@ -16,6 +16,7 @@ import math
 
 from ..rewards.parsing import parse_ranking
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +55,9 @@ def teacher_completion_dataset(
     if not kept:
         raise ValueError(f"none of the teacher's {n} answers is a valid ranking; nothing to distil")
     if len(kept) < n:
-        logger.warning("sequence distillation: dropped %d of %d teacher answers that are not valid rankings",
-                       n - len(kept), n)
+        logger.warning(
+            "sequence distillation: dropped %d of %d teacher answers that are not valid rankings", n - len(kept), n
+        )
     result = dataset.select(kept)
     if "completion" in result.column_names:
         result = result.remove_columns("completion")

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from .base import Teacher, TeacherScores, check_inputs, empty_scores
 from .in_process import student_token_ids
 
+
 logger = logging.getLogger(__name__)
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
@@ -247,11 +248,20 @@ class VLLMServerTeacher(Teacher):
                 delay = self.backoff_s * 2 ** (attempt - 1)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, self.max_retry_after_s))
-                logger.warning("teacher server %s: %s failed (%s); retry %d/%d in %.1fs",
-                               self.base_url, path, errors[-1], attempt, self.max_retries, delay)
+                logger.warning(
+                    "teacher server %s: %s failed (%s); retry %d/%d in %.1fs",
+                    self.base_url,
+                    path,
+                    errors[-1],
+                    attempt,
+                    self.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
             retry_after = None
-            request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                url, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
             try:
                 with self._opener.open(request, timeout=self.timeout) as response:
                     body = response.read()
@@ -331,8 +341,10 @@ class VLLMServerTeacher(Teacher):
         if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
             raise self._unexpected(path, "", reply, 'an object {"choices": [...]} with one object per prompt')
         if len(choices) != len(sequences):
-            raise TeacherReplyError(f"{self.base_url}{path} returned {len(choices)} choices for {len(sequences)} "
-                                    "prompts; expected one per prompt")
+            raise TeacherReplyError(
+                f"{self.base_url}{path} returned {len(choices)} choices for {len(sequences)} "
+                "prompts; expected one per prompt"
+            )
         indices = [c.get("index") for c in choices]
         if any(i is not None for i in indices):  # vLLM numbers them; order them by it
             if not all(_is_non_negative_int(i) for i in indices) or sorted(indices) != list(range(len(choices))):
@@ -342,8 +354,12 @@ class VLLMServerTeacher(Teacher):
         for prompt, (choice, seq) in enumerate(zip(choices, sequences)):
             entries = choice.get("prompt_logprobs")
             if entries is not None and not isinstance(entries, list):
-                raise self._unexpected(path, f"prompt_logprobs of prompt {prompt}", entries,
-                                       f"a list with one {ENTRY_SHAPE} per prompt token")
+                raise self._unexpected(
+                    path,
+                    f"prompt_logprobs of prompt {prompt}",
+                    entries,
+                    f"a list with one {ENTRY_SHAPE} per prompt token",
+                )
             if entries is None or len(entries) != len(seq):
                 count = None if entries is None else len(entries)
                 raise TeacherReplyError(
@@ -363,15 +379,22 @@ class VLLMServerTeacher(Teacher):
         for key, value in entry.items():
             # canonical decimal ids only: "07" or " 7" would alias token 7, a token's text is not an id at all
             if not (key.isascii() and key.isdigit() and str(int(key)) == key):
-                raise self._unexpected(path, f"a prompt_logprobs key {where}:", key,
-                                       f"token ids as keys of {ENTRY_SHAPE}")
+                raise self._unexpected(
+                    path, f"a prompt_logprobs key {where}:", key, f"token ids as keys of {ENTRY_SHAPE}"
+                )
             if not isinstance(value, dict) or not _is_number(value.get("logprob")):
-                raise self._unexpected(path, f"the entry of token {key} {where}:", value,
-                                       'an object {"logprob": <number <= 0>, "rank": <int>}')
+                raise self._unexpected(
+                    path,
+                    f"the entry of token {key} {where}:",
+                    value,
+                    'an object {"logprob": <number <= 0>, "rank": <int>}',
+                )
             logprob, rank = float(value["logprob"]), value.get("rank")
             if math.isnan(logprob):
-                raise TeacherReplyError(f"{self.base_url}{path} returned a NaN log-prob for token {key} {where}: "
-                                        "the teacher's forward pass is broken (overflow in its dtype?)")
+                raise TeacherReplyError(
+                    f"{self.base_url}{path} returned a NaN log-prob for token {key} {where}: "
+                    "the teacher's forward pass is broken (overflow in its dtype?)"
+                )
             if logprob > LOGPROB_TOLERANCE:
                 raise TeacherReplyError(
                     f"the server at {self.base_url} returns positive 'log-probs' ({logprob:.3g} for token {key} "
@@ -414,8 +437,10 @@ class VLLMServerTeacher(Teacher):
         ranked = sorted(entry.items(), key=lambda item: (item[1][1] or 0, -item[1][0]))
         top = [(t, logprob) for t, (logprob, rank) in ranked if (1 if rank is None else rank) <= top_k][:top_k]
         if token not in entry:
-            raise TeacherReplyError(f"{self.base_url}/v1/completions omitted the actual token {token} at completion "
-                                    f"position {j} of row {row}")
+            raise TeacherReplyError(
+                f"{self.base_url}/v1/completions omitted the actual token {token} at completion "
+                f"position {j} of row {row}"
+            )
         for k, (t, value) in enumerate(top):
             scores.topk_ids[row, j, k] = t
             scores.topk_logprobs[row, j, k] = value
@@ -428,35 +453,48 @@ class VLLMServerTeacher(Teacher):
         if len(probe) < 2:  # position 0 predicts nothing: at least two tokens
             probe = [0, 1, 2]
         # positive values (logits) raise while parsing
-        partial = [None] + [self._logprob_entry(entry, 0, position)
-                            for position, entry in enumerate(self._prompt_logprobs([probe], top_k)[0]) if position]
+        partial = [None] + [
+            self._logprob_entry(entry, 0, position)
+            for position, entry in enumerate(self._prompt_logprobs([probe], top_k)[0])
+            if position
+        ]
         try:  # the full distribution at one position (needs --max-logprobs -1; 400 otherwise)
             full = self._logprob_entry(self._prompt_logprobs([probe[:2]], -1)[0][1], 0, 1)
         except TeacherReplyError:
             raise  # the server answered, wrongly: not a refusal to skip
         except TeacherServerError as error:
-            logger.info("full-vocabulary prompt_logprobs refused by %s (%s); skipping the mass check", self.base_url, error)
+            logger.info(
+                "full-vocabulary prompt_logprobs refused by %s (%s); skipping the mass check", self.base_url, error
+            )
             full = None
         if full:
             self._vocab_size = len(full)
             mass = sum(math.exp(logprob) for logprob, _ in full.values())
             if abs(mass - 1.0) > 1e-3:
-                warnings.warn(f"the teacher server at {self.base_url} returns log-probs summing to {mass:.4f} over the "
-                              "vocabulary, not 1: its log-probs are processed (temperature/penalties); results will be biased")
+                warnings.warn(
+                    f"the teacher server at {self.base_url} returns log-probs summing to {mass:.4f} over the "
+                    "vocabulary, not 1: its log-probs are processed (temperature/penalties); results will be biased"
+                )
             missing = sorted(set(partial[1]) - set(full))
             if missing:
-                raise TeacherReplyError(f"the full distribution from {self.base_url}/v1/completions lacks tokens "
-                                        f"{missing[:10]} that its top-{top_k} reply has; expected every vocabulary id")
+                raise TeacherReplyError(
+                    f"the full distribution from {self.base_url}/v1/completions lacks tokens "
+                    f"{missing[:10]} that its top-{top_k} reply has; expected every vocabulary id"
+                )
             gap = max(abs(full[t][0] - logprob) for t, (logprob, _) in partial[1].items())
             if gap > 1e-3:
-                warnings.warn(f"the teacher server at {self.base_url} returns different top-{top_k} log-probs than its "
-                              f"full distribution (max gap {gap:.3g}): it renormalises truncated log-probs "
-                              "(--logprobs-mode processed_logprobs with top-k/top-p); use raw_logprobs")
+                warnings.warn(
+                    f"the teacher server at {self.base_url} returns different top-{top_k} log-probs than its "
+                    f"full distribution (max gap {gap:.3g}): it renormalises truncated log-probs "
+                    "(--logprobs-mode processed_logprobs with top-k/top-p); use raw_logprobs"
+                )
         else:
             masses = [sum(math.exp(logprob) for logprob, _ in entry.values()) for entry in partial[1:]]
             if masses and all(abs(m - 1.0) < 1e-6 for m in masses):
-                warnings.warn(f"the top-{top_k} probabilities of the teacher server at {self.base_url} sum to 1 at every "
-                              "probe position: it probably renormalises over the truncated support")
+                warnings.warn(
+                    f"the top-{top_k} probabilities of the teacher server at {self.base_url} sum to 1 at every "
+                    "probe position: it probably renormalises over the truncated support"
+                )
 
     def check_tokenizer(self, tokenizer) -> None:
         """The served tokenizer must give the student's ids on a probe covering the chat markers, special tokens
@@ -467,20 +505,23 @@ class VLLMServerTeacher(Teacher):
         specials = [t for t in tokenizer.all_special_tokens if t in vocab]
         text = " ".join(specials) + " " + PROBE_TEXT + " " + tokenizer.decode(spread)
         if getattr(tokenizer, "chat_template", None):
-            text += tokenizer.apply_chat_template([{"role": "user", "content": PROBE_TEXT}], tokenize=False,
-                                                  add_generation_prompt=True)
+            text += tokenizer.apply_chat_template(
+                [{"role": "user", "content": PROBE_TEXT}], tokenize=False, add_generation_prompt=True
+            )
         local = tokenizer(text, add_special_tokens=False)["input_ids"]
         served = self._tokenize(text)
         if served != local:
             first = next((i for i, (a, b) in enumerate(zip(local, served)) if a != b), min(len(local), len(served)))
             raise ValueError(
                 f"the teacher served at {self.base_url} ({self.model}) tokenizes differently from the student's "
-                f"tokenizer: first difference at token {first} (student {local[first:first + 5]}, server "
-                f"{served[first:first + 5]}); teacher and student must share one vocabulary"
+                f"tokenizer: first difference at token {first} (student {local[first : first + 5]}, server "
+                f"{served[first : first + 5]}); teacher and student must share one vocabulary"
             )
         if self._vocab_size is not None and ids[-1] >= self._vocab_size:
-            raise ValueError(f"the teacher served at {self.base_url} has {self._vocab_size} vocabulary rows but the "
-                             f"student's tokenizer uses ids up to {ids[-1]}")
+            raise ValueError(
+                f"the teacher served at {self.base_url} has {self._vocab_size} vocabulary rows but the "
+                f"student's tokenizer uses ids up to {ids[-1]}"
+            )
 
 
 def _error_detail(error: urllib.error.HTTPError) -> str:

@@ -8,6 +8,7 @@ from .diffusion_sft_trainer import DiffusionSFTTrainer
 from .opd_config import OnPolicyDistillConfig
 from .opd_trainer import OnPolicyDistillTrainer
 
+
 __all__ = [
     "DiffusionGRPOConfig",
     "DiffusionGRPOTrainer",

@@ -24,11 +24,18 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
-_WEIGHT_FILES = {SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
-                 ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME}
+_WEIGHT_FILES = {
+    SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+}
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
 
@@ -66,8 +73,11 @@ def last_complete_checkpoint(output_dir: str) -> str:
     """The highest-numbered complete `checkpoint-N` of `output_dir`; incomplete ones are skipped with a warning."""
     found = []
     if os.path.isdir(output_dir):
-        found = [entry for entry in os.listdir(output_dir)
-                 if _CHECKPOINT.match(entry) and os.path.isdir(os.path.join(output_dir, entry))]
+        found = [
+            entry
+            for entry in os.listdir(output_dir)
+            if _CHECKPOINT.match(entry) and os.path.isdir(os.path.join(output_dir, entry))
+        ]
     skipped = []
     for entry in sorted(found, key=lambda name: int(_CHECKPOINT.match(name).group(1)), reverse=True):
         path = os.path.join(output_dir, entry)
@@ -94,5 +104,9 @@ class CompleteCheckpointMixin:
                     f"cannot resume from {os.fspath(resume_from_checkpoint)}: {problem}; pass an earlier checkpoint, "
                     "or resume_from_checkpoint=True to take the last complete one"
                 )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )

@@ -10,6 +10,7 @@ from datasets import Dataset
 from ..samplers.block_diffusion import FALLBACKS
 from ..samplers.common import check_steps_per_block, check_threshold, encode_prompts
 
+
 # prompts tokenised per call when their lengths are checked
 _CHUNK = 512
 
@@ -26,8 +27,9 @@ def check_rollout_settings(config) -> None:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {config.fallback!r}")
     length = config.max_completion_length
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"max_completion_length must be an integer >= 1 (the rollout budget in tokens), "
-                         f"got {length!r}")
+        raise ValueError(
+            f"max_completion_length must be an integer >= 1 (the rollout budget in tokens), got {length!r}"
+        )
 
 
 def check_padding_tokens(tokenizer, eos_token: str | None = None) -> None:
@@ -86,11 +88,15 @@ def check_prompt_lengths(model, tokenizer, datasets: dict, max_completion_length
     if limit is None:
         return
     reserved = math.ceil(max_completion_length / block_size) * block_size
-    budget = (f"max_completion_length={max_completion_length} (rollouts reserve {reserved} positions: whole blocks "
-              f"of {block_size})")
+    budget = (
+        f"max_completion_length={max_completion_length} (rollouts reserve {reserved} positions: whole blocks "
+        f"of {block_size})"
+    )
     if reserved >= limit:
-        raise ValueError(f"{budget} leaves no room for a prompt within the model's max_position_embeddings={limit}; "
-                         "lower max_completion_length")
+        raise ValueError(
+            f"{budget} leaves no room for a prompt within the model's max_position_embeddings={limit}; "
+            "lower max_completion_length"
+        )
     for name, dataset in datasets.items():
         if not isinstance(dataset, Dataset) or "prompt" not in dataset.column_names:
             continue

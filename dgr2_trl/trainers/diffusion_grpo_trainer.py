@@ -31,6 +31,7 @@ from .diffusion_grpo_config import DiffusionGRPOConfig
 from .distributed import generation_model, through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
 
+
 REPLAY_KEYS = ("commit_step", "trailing_ids", "trailing_commit_step")
 
 
@@ -134,8 +135,12 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         # the unwrapped model (full parameters under ZeRO-3/FSDP), no grad: rollouts are never differentiated
         with generation_model(self) as model:
             sampler = BlockDiffusionSampler(
-                model, self.processing_class, block_size=self.block_size, threshold=self.args.threshold,
-                max_steps_per_block=self.args.max_steps_per_block, eos_token_id=self.eos_token_ids,
+                model,
+                self.processing_class,
+                block_size=self.block_size,
+                threshold=self.args.threshold,
+                max_steps_per_block=self.args.max_steps_per_block,
+                eos_token_id=self.eos_token_ids,
                 fallback=self.args.fallback,
             )
             seed = self.args.rollout_seed if self.args.rollout_seed is not None else self.args.seed
@@ -144,7 +149,9 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
             # same precision as the replay, so the policy ratio starts at 1 (exactly so in fp32)
             with self.accelerator.autocast():
                 out = sampler.generate(
-                    prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature,
+                    prompts,
+                    max_new_tokens=self.args.max_completion_length,
+                    temperature=self.args.temperature,
                     generator=generator,
                 )
         prompt_ids, prompt_mask = encode_prompts(self.processing_class, prompts)
@@ -164,7 +171,7 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         }
 
     def _rollout_hook(self, prompts, trainer):
-        output = (self._custom_rollout(prompts, trainer) if self._custom_rollout else self.rollout(prompts))
+        output = self._custom_rollout(prompts, trainer) if self._custom_rollout else self.rollout(prompts)
         n = len(output["completion_ids"])
         self._pending_replay = {
             "commit_step": output.pop("commit_step", [[0] * len(c) for c in output["completion_ids"]]),
@@ -193,7 +200,9 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         output.update(self._replay_tensors(replay, output["completion_ids"].shape[1], device))
         mode = "train" if self.model.training else "eval"
         if replay["texts"] is not None and inputs and "candidates" in inputs[0]:
-            valid = [parse_ranking(t, [str(c) for c in x["candidates"]]).valid for t, x in zip(replay["texts"], inputs)]
+            valid = [
+                parse_ranking(t, [str(c) for c in x["candidates"]]).valid for t, x in zip(replay["texts"], inputs)
+            ]
             rate = torch.tensor(sum(valid) / max(len(valid), 1), device=device)
             self._metrics[mode]["valid_rate"].append(self.accelerator.gather(rate).mean().item())
         if self.args.drop_zero_advantage_groups:
@@ -215,8 +224,15 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
 
     # ------------------------------------------------------------------------------------------------ log-probs
     def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-        compute_aux_loss=False, **unused,
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **unused,
     ):
         """Trajectory replay: per-token log-probs (and entropies) of the completion, each in its commit state."""
         if self._active_replay is not None:
@@ -226,8 +242,15 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         # Replay calls the decoder and the LM head directly, so it runs inside the DDP/FSDP/DeepSpeed wrapper's
         # forward: DDP then all-reduces the gradients, FSDP/ZeRO-3 materialise the parameters.
         return through_wrapper(
-            self, model, self._replay, input_ids, attention_mask, logits_to_keep, replay,
-            batch_size or input_ids.shape[0], compute_entropy,
+            self,
+            model,
+            self._replay,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            replay,
+            batch_size or input_ids.shape[0],
+            compute_entropy,
         )
 
     def _replay(self, model, input_ids, attention_mask, logits_to_keep, replay, batch_size, compute_entropy):
@@ -237,13 +260,25 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
             prompt_ids, prompt_mask = input_ids[rows, :-logits_to_keep], attention_mask[rows, :-logits_to_keep]
             completion_ids, completion_mask = input_ids[rows, -logits_to_keep:], attention_mask[rows, -logits_to_keep:]
             ids, mask, steps = self._with_trailing(
-                completion_ids, completion_mask, replay["commit_step"][rows, :logits_to_keep],
-                replay["trailing_ids"][rows], replay["trailing_commit_step"][rows],
+                completion_ids,
+                completion_mask,
+                replay["commit_step"][rows, :logits_to_keep],
+                replay["trailing_ids"][rows],
+                replay["trailing_commit_step"][rows],
             )
             with self.accelerator.autocast():
                 logps, entropies = replay_logprobs(
-                    model, prompt_ids, prompt_mask, ids, mask, steps, self.mask_token_id, self.block_size,
-                    temperature=self.temperature, merge_steps=self.args.replay_merge_steps, return_entropy=True,
+                    model,
+                    prompt_ids,
+                    prompt_mask,
+                    ids,
+                    mask,
+                    steps,
+                    self.mask_token_id,
+                    self.block_size,
+                    temperature=self.temperature,
+                    merge_steps=self.args.replay_merge_steps,
+                    return_entropy=True,
                 )
             all_logps.append(logps[:, :logits_to_keep].float())
             all_entropies.append(entropies[:, :logits_to_keep].float())

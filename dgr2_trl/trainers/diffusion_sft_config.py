@@ -8,6 +8,7 @@ from trl import SFTConfig
 
 from ..samplers.common import check_threshold
 
+
 NORMALIZATIONS = ("auto", "completion", "masked")
 SCHEDULES = ("linear", "cosine")
 
@@ -86,9 +87,7 @@ class DiffusionSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Mask token. None: the converted model's, or '<|mask|>' for an AR model."},
     )
-    noise_schedule: str = field(
-        default="linear", metadata={"help": "Noise schedule.", "choices": list(SCHEDULES)}
-    )
+    noise_schedule: str = field(default="linear", metadata={"help": "Noise schedule.", "choices": list(SCHEDULES)})
     min_mask_ratio: float = field(
         default=0.1, metadata={"help": "Lowest diffusion time t per block (> 0 with time_weighting)."}
     )
@@ -116,7 +115,8 @@ class DiffusionSFTConfig(SFTConfig):
         default=False, metadata={"help": "Also train each sample with the inverse mask (extra rows, same forward)."}
     )
     pad_completion_to_block: bool = field(
-        default=True, metadata={"help": "Cut completions after the first EOS and pad them with EOS to a block multiple."}
+        default=True,
+        metadata={"help": "Cut completions after the first EOS and pad them with EOS to a block multiple."},
     )
     valid_rate_num_prompts: int = field(
         default=0, metadata={"help": "Eval prompts decoded at each evaluation to log eval_valid_rate (0: off)."}

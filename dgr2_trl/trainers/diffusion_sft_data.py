@@ -18,6 +18,7 @@ import torch
 
 from ..modeling.noise import BlockNoise, get_schedule, sample_block_noise
 
+
 SAMPLE_INDEX = "dgr2_sample_index"
 
 

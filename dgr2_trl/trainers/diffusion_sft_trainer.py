@@ -36,6 +36,7 @@ from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementar
 from .distributed import generation_model, through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
 
+
 logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_SIZE = 32
 
@@ -235,7 +236,10 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
                 )
             if not _is_peft(model):  # re-stores the block size and registers the mask token with the tokenizer
                 convert_to_block_diffusion(
-                    model, text_tokenizer, block_size=args.block_size or settings.block_size, mask_token=settings.mask_token
+                    model,
+                    text_tokenizer,
+                    block_size=args.block_size or settings.block_size,
+                    mask_token=settings.mask_token,
                 )
             if text_tokenizer.convert_tokens_to_ids(settings.mask_token) != settings.mask_token_id:
                 raise ValueError(
@@ -263,7 +267,10 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
             logger.warning(
                 "%d of %d rows of the %s dataset were dropped: truncated to max_length=%s they keep no completion "
                 "token (the prompt fills max_length on its own); raise max_length to train on them",
-                dropped, before, dataset_name, args.max_length,
+                dropped,
+                before,
+                dataset_name,
+                args.max_length,
             )
         return dataset
 
@@ -289,7 +296,9 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
 
     def _rows(self, batch: dict) -> dict:
         """The rows that go through the model: the batch, plus its inverse-mask copy with complementary masking."""
-        rows = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "token_weights")}
+        rows = {
+            k: batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "token_weights")
+        }
         rows["noisy_mask"], rows["noise_t"] = batch["noisy_mask"].bool(), batch["noise_t"]
         if self.args.complementary_masking:
             inverse = ~rows["noisy_mask"] & rows["completion_mask"].bool()
@@ -388,7 +397,9 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
             rate = self.valid_rate(source, self.args.valid_rate_num_prompts)
             if rate is not None:
                 self._metrics["eval"]["valid_rate"].append(rate)
-        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
 
     @torch.no_grad()
     def valid_rate(self, dataset, num_prompts: int) -> float | None:
@@ -408,7 +419,9 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
             sampler = BlockDiffusionSampler(model, self.processing_class, threshold=self.args.valid_rate_threshold)
             for start in range(0, len(rows), self.args.valid_rate_batch_size):
                 chunk = rows.select(range(start, min(start + self.args.valid_rate_batch_size, len(rows))))
-                texts = sampler.generate(list(chunk["prompt"]), max_new_tokens=self.args.valid_rate_max_new_tokens).texts
+                texts = sampler.generate(
+                    list(chunk["prompt"]), max_new_tokens=self.args.valid_rate_max_new_tokens
+                ).texts
                 valid += sum(parse_ranking(t, c).valid for t, c in zip(texts, chunk["candidates"]))
         valid = self.accelerator.reduce(torch.tensor(float(valid), device=self.accelerator.device), reduction="sum")
         return valid.item() / max(total, 1)

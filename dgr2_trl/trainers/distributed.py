@@ -22,6 +22,7 @@ import torch
 from trl.distributed import DistributedBackend
 from trl.models.utils import _ForwardRedirection, unwrap_model_for_generation
 
+
 _redirect = _ForwardRedirection()
 
 

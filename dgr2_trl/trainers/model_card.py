@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 
+
 QUICK_START = """## Quick start
 
 This is a block-diffusion model: decode it with `dgr2_trl`'s sampler (several tokens per forward pass).
@@ -33,8 +34,11 @@ def rewrite_quick_start(card_path: str, model_path: str) -> None:
     text = open(card_path, encoding="utf-8").read()
     section = re.compile(r"## Quick start\n.*?(?=\n## )", re.S)
     replacement = QUICK_START.format(path=model_path)
-    text = section.sub(lambda _: replacement.rstrip("\n") + "\n", text, count=1) if section.search(text) else (
-        text + "\n" + replacement)
+    text = (
+        section.sub(lambda _: replacement.rstrip("\n") + "\n", text, count=1)
+        if section.search(text)
+        else (text + "\n" + replacement)
+    )
     with open(card_path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
@@ -45,5 +49,6 @@ class BlockDiffusionModelCardMixin:
     def create_model_card(self, *args, **kwargs):
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
-            rewrite_quick_start(os.path.join(self.args.output_dir, "README.md"),
-                                self.hub_model_id or self.args.output_dir)
+            rewrite_quick_start(
+                os.path.join(self.args.output_dir, "README.md"), self.hub_model_id or self.args.output_dir
+            )

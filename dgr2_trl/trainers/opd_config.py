@@ -46,8 +46,12 @@ class OnPolicyDistillConfig(DistillationConfig):
     block_size: int | None = field(default=None, metadata={"help": "Rollout block size (default: the model's)."})
     threshold: float = field(default=0.9, metadata={"help": "Block sampler confidence threshold."})
     max_steps_per_block: int | None = field(default=None, metadata={"help": "Cap on denoising steps per block."})
-    fallback: str = field(default="confidence", metadata={
-        "help": "Commit when no position reaches the threshold: 'confidence' (most confident) or 'leftmost'."})
+    fallback: str = field(
+        default="confidence",
+        metadata={
+            "help": "Commit when no position reaches the threshold: 'confidence' (most confident) or 'leftmost'."
+        },
+    )
     teacher_top_k: int = field(default=20, metadata={"help": "Teacher top-k log-probs per token (+ a tail bucket)."})
     divergence: str = field(default="forward_kl", metadata={"help": f"One of {DIVERGENCES}."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Teacher-side weight of the JSD mixture."})

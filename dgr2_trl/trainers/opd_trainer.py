@@ -32,8 +32,8 @@ from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, 
 from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .distributed import generation_model
-from .opd_config import OnPolicyDistillConfig
 from .model_card import BlockDiffusionModelCardMixin
+from .opd_config import OnPolicyDistillConfig
 
 
 class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin, DistillationTrainer):
@@ -192,15 +192,24 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         token_logprobs = torch.zeros(len(rows), width)
         t = scores.topk_logprobs.shape[1]
         topk_logprobs[:, :t], topk_ids[:, :t], token_logprobs[:, :t] = (
-            scores.topk_logprobs, scores.topk_ids, scores.token_logprobs
+            scores.topk_logprobs,
+            scores.topk_ids,
+            scores.token_logprobs,
         )
 
         num_tokens = int(loss_mask.sum())
         has_candidates = bool(examples) and "candidates" in examples[0]
-        valid = [parse_ranking(t, ex["candidates"]).valid for t, ex in zip(out.texts, examples)] if has_candidates else []
+        valid = (
+            [parse_ranking(t, ex["candidates"]).valid for t, ex in zip(out.texts, examples)] if has_candidates else []
+        )
         # Sums over all processes, in one collective: the logged metrics describe the whole generation batch.
-        local = [num_tokens, len(rows), float(token_logprobs[loss_mask.bool()].sum()), sum(valid),
-                 int(prompt_mask.sum())]
+        local = [
+            num_tokens,
+            len(rows),
+            float(token_logprobs[loss_mask.bool()].sum()),
+            sum(valid),
+            int(prompt_mask.sum()),
+        ]
         totals = self.accelerator.gather(torch.tensor([local], dtype=torch.float64, device=device)).sum(0).tolist()
         num_items = torch.tensor(totals[0], dtype=torch.float32, device=device)
         metrics = self._metrics[mode]
@@ -248,8 +257,13 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         per_token = torch.where(loss_mask, per_token, 0.0)
         loss = per_token.sum() / denominator
         # token means over all processes (gathered here, outside the wrapper's forward, as the base does)
-        sums = torch.stack([torch.where(loss_mask, forward_kl, 0.0).sum(), per_token.detach().sum(),
-                            loss_mask.sum().to(per_token.dtype)])
+        sums = torch.stack(
+            [
+                torch.where(loss_mask, forward_kl, 0.0).sum(),
+                per_token.detach().sum(),
+                loss_mask.sum().to(per_token.dtype),
+            ]
+        )
         kl_sum, divergence_sum, tokens = self.accelerator.gather(sums[None].double()).sum(0).tolist()
         metrics = self._metrics[mode]
         metrics["kl"].append(kl_sum / max(tokens, 1.0))
@@ -279,8 +293,10 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         student_dist = student_buckets(support, tail, teacher_valid)
         per_token = bucket_divergence(teacher, student_dist, self.args.divergence, self.args.jsd_beta)
         with torch.no_grad():
-            forward_kl = per_token if self.args.divergence == "forward_kl" else bucket_divergence(
-                teacher, student_dist, "forward_kl"
+            forward_kl = (
+                per_token
+                if self.args.divergence == "forward_kl"
+                else bucket_divergence(teacher, student_dist, "forward_kl")
             )
         return per_token, forward_kl.detach()
 
