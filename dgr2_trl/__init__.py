@@ -7,7 +7,7 @@ from .modeling import (
     masked_diffusion_loss,
     sample_block_noise,
 )
-from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput
+from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput, SpeculativeSampler
 from .trainers import (
     DiffusionGRPOConfig,
     DiffusionGRPOTrainer,
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARSampler",
     "BlockDiffusionSampler",
+    "SpeculativeSampler",
     "BlockDiffusionSettings",
     "DiffusionGRPOConfig",
     "DiffusionGRPOTrainer",

@@ -4,12 +4,15 @@ from .ar import ARSampler
 from .block_diffusion import BlockDiffusionSampler, fill_after_eos, select_commits
 from .common import encode_prompts
 from .output import GenerationOutput
+from .speculative import SpeculativeOutput, SpeculativeSampler
 
 
 __all__ = [
     "ARSampler",
     "BlockDiffusionSampler",
     "GenerationOutput",
+    "SpeculativeOutput",
+    "SpeculativeSampler",
     "encode_prompts",
     "fill_after_eos",
     "select_commits",

@@ -1,0 +1,486 @@
+"""Lossless speculative decoding: block-diffusion drafts verified by an AR model.
+
+Each round, every row drafts the rest of its current block with the block-diffusion decoder (several tokens per
+drafter pass), then one KV-cached causal forward of the verifier scores all drafted tokens at once. The row keeps the
+longest drafted prefix the verifier agrees with plus one token of the verifier's own, so the output is the
+verifier's: its greedy output at temperature 0, and a sample of its distribution at temperature > 0 (the standard
+speculative-sampling rule). The verifier is an AR model (the teacher the student was distilled from) or, with
+`verifier=None`, the drafter's own weights at block size 1 (self-speculation: one model in memory).
+
+Rows advance by different amounts each round. Rather than cropping caches row by row, rejected tokens stay in the
+verifier's cache as keys nobody may attend (`key_valid` False), and the drafter's cache only ever holds finished
+blocks (a row that finished none this round writes an unattended placeholder block).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
+from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
+from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
+from .block_diffusion import FALLBACKS, min_commits_per_row, select_commits
+from .common import (
+    check_prompt_ids,
+    check_steps_per_block,
+    check_threshold,
+    cut_at_eos,
+    encode_prompts,
+    eos_ids,
+    sample_tokens,
+    warn_without_eos,
+)
+from .output import GenerationOutput
+
+
+@dataclass
+class SpeculativeOutput(GenerationOutput):
+    """`GenerationOutput` plus the cost split and acceptance statistics of speculative decoding.
+
+    `num_forward_passes` is `drafter_passes + verifier_passes` (prefills apart); `steps_per_row` counts, per row, the
+    drafter and verifier calls it took part in; `commit_step` holds, per token, the verification round that
+    produced it.
+
+    Attributes:
+        drafter_passes: drafter calls after its prompt prefill.
+        verifier_passes: verifier calls after its prompt prefill (one per round).
+        accepted_per_round: per row, how many drafted tokens each verification kept (the verifier's own token
+            comes on top).
+    """
+
+    drafter_passes: int = 0
+    verifier_passes: int = 0
+    accepted_per_round: list[list[int]] = field(default_factory=list)
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """Mean drafted tokens kept per verification, over every round of every row."""
+        rounds = [a for row in self.accepted_per_round for a in row]
+        return sum(rounds) / len(rounds) if rounds else float("nan")
+
+    @property
+    def tokens_per_verification(self) -> float:
+        """Mean tokens a verification produced (kept drafts plus the verifier's own token), over every row's rounds;
+        a row's last round can produce fewer when it stops at EOS or `max_new_tokens`."""
+        rounds = sum(len(row) for row in self.accepted_per_round)
+        return self.num_generated_tokens / rounds if rounds else float("nan")
+
+
+def prefix_commits(confidence: torch.Tensor, todo: torch.Tensor, threshold: float, min_commits: torch.Tensor):
+    """Left-to-right commits for sampled drafts: the leftmost `min_commits` positions still to draft, then every
+    following one while its confidence stays >= `threshold`. Committing in prompt order makes each drafted token's
+    commit-time distribution its conditional given the tokens before it, which the acceptance rule divides by;
+    `confidence` must not depend on the sampled token (use the distribution's largest probability)."""
+    first = todo & (todo.long().cumsum(-1) <= min_commits[:, None])
+    passes = ~todo | first | (confidence >= threshold)
+    return todo & passes.long().cumprod(-1).bool()
+
+
+def accepted_lengths(agree: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
+    """How many leading drafted tokens each row keeps: the length of the run of `agree` from the first draft, within
+    the row's `drafted` count. `agree` is `(B, W)`; `drafted` `(B,)`."""
+    inside = torch.arange(agree.shape[1], device=agree.device) < drafted[:, None]
+    return (agree & inside).long().cumprod(-1).sum(-1)
+
+
+def residual_sample(p_log: torch.Tensor, q_log: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A token from `normalise(max(p - q, 0))`, the speculative-sampling correction after a rejected draft
+    (rows of `(N, V)` log-probs). Where p <= q everywhere (numerically) it falls back to p."""
+    residual = (p_log.double().exp() - q_log.double().exp()).clamp_min(0)
+    empty = residual.sum(-1, keepdim=True) <= 0
+    residual = torch.where(empty, p_log.double().exp(), residual)
+    return sample_tokens(residual.log(), 1.0, generator)
+
+
+class SpeculativeSampler:
+    """Decode with a block-diffusion drafter and an AR verifier; the output is the verifier's.
+
+    Args:
+        drafter: a converted (block-diffusion) model.
+        tokenizer: the tokenizer both models share.
+        verifier: an AR causal LM over the same vocabulary (e.g. the teacher), or None for the drafter's own
+            weights at block size 1.
+        block_size: draft block size; None uses the drafter's.
+        threshold, fallback, max_steps_per_block: the block decoder's commit rule for greedy drafts (see
+            `BlockDiffusionSampler`). Sampled drafts (temperature > 0) always commit left to right
+            (`prefix_commits`), so the acceptance rule stays exact.
+        eos_token_id: end-of-sequence id(s); default the tokenizer's.
+    """
+
+    def __init__(
+        self,
+        drafter,
+        tokenizer,
+        verifier=None,
+        block_size: int | None = None,
+        threshold: float = 0.9,
+        fallback: str = "confidence",
+        max_steps_per_block: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+    ):
+        settings = get_block_diffusion_settings(drafter)
+        if settings is None:
+            raise ValueError(
+                "the drafter is not a block-diffusion model; convert it first with "
+                "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
+            )
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise ValueError(
+                f"block_size must be None (the drafter's {settings.block_size}) or an integer >= 1, got {block_size!r}"
+            )
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        self.verifier = drafter if verifier is None else verifier
+        for model in {id(drafter): drafter, id(self.verifier): self.verifier}.values():
+            ensure_custom_mask_support(model)
+        drafter_vocab = drafter.get_output_embeddings().weight.shape[0]
+        verifier_vocab = self.verifier.get_output_embeddings().weight.shape[0]
+        if verifier_vocab > drafter_vocab:
+            raise ValueError(
+                f"the verifier's vocabulary ({verifier_vocab}) is larger than the drafter's ({drafter_vocab}); "
+                "both must use the same tokenizer"
+            )
+        self.drafter = drafter
+        self.tokenizer = tokenizer
+        self.block_size = block_size or settings.block_size
+        self.mask_token_id = settings.mask_token_id
+        verifier_settings = get_block_diffusion_settings(self.verifier)
+        self.verifier_mask_id = verifier_settings.mask_token_id if verifier_settings else None
+        self.threshold = check_threshold(threshold)
+        self.fallback = fallback
+        self.max_steps_per_block = check_steps_per_block(max_steps_per_block)
+        self.eos = eos_ids(tokenizer, eos_token_id)
+        warn_without_eos(self.eos)
+
+    @property
+    def self_speculative(self) -> bool:
+        return self.verifier is self.drafter
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> SpeculativeOutput:
+        """Decode up to `max_new_tokens` per prompt (rows stop at EOS). Greedy when `temperature` <= 0."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        start = time.perf_counter()
+        device = next(self.drafter.parameters()).device
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
+        for model in (self.drafter, self.verifier):
+            check_prompt_ids(model, prompt_ids, prompt_mask, max_new_tokens + self.block_size)
+        rows = _Rows.start(self, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
+        while rows.count:
+            drafts = self._draft(rows, temperature, generator)
+            kept, new_tokens, new_logprobs = self._verify(rows, drafts, temperature, generator)
+            rows.advance(kept, new_tokens, new_logprobs)
+        return rows.output(self.tokenizer, time.perf_counter() - start)
+
+    # -- 1. draft: denoise the rest of each row's block ------------------------------------------------------------
+    def _draft(self, rows: _Rows, temperature: float, generator) -> _Drafts:
+        """Denoise every row's current block from its first undecided position to the block end (or the row's
+        `max_new_tokens`), committing by the block decoder's rule, until nothing is left to draft. Returns the
+        drafted tokens, how many each row drafted and (when sampling) their commit-time distributions."""
+        size = self.block_size
+        block = rows.block.clone()
+        offsets = torch.arange(size, device=block.device)
+        todo = (offsets >= rows.fixed[:, None]) & (offsets < (rows.fixed + rows.budget)[:, None])
+        drafted = torch.zeros_like(todo)
+        q_log = None
+        step = 0
+        while todo.any():
+            took_part = todo.any(-1)
+            log_probs = self._drafter_log_probs(rows, block, temperature)
+            if temperature > 0 and q_log is None:
+                q_log = torch.zeros_like(log_probs)
+            chosen = sample_tokens(log_probs, temperature, generator)
+            chosen_prob = log_probs.gather(-1, chosen[..., None]).squeeze(-1).exp()
+            min_commits = min_commits_per_row(todo, self.max_steps_per_block, step)
+            if temperature > 0:
+                commit = prefix_commits(log_probs.max(-1).values.exp(), todo, self.threshold, min_commits)
+                q_log = torch.where(commit[..., None], log_probs, q_log)
+            else:
+                commit = select_commits(chosen_prob, todo, self.threshold, min_commits, self.fallback)
+            block = torch.where(commit, chosen, block)
+            drafted |= commit
+            todo &= ~commit
+            # nothing after a drafted end-of-sequence token can be kept
+            if self.eos:
+                eos_drafted = drafted & torch.isin(block, torch.tensor(self.eos, device=block.device))
+                todo &= ~((eos_drafted.long().cumsum(-1) - eos_drafted.long()) > 0)
+            rows.drafter_steps(took_part)
+            step += 1
+        # the draft is the contiguous run after the fixed prefix; drafts behind a drafted EOS are dropped
+        run = offsets >= rows.fixed[:, None]
+        contiguous = (~run | drafted).long().cumprod(-1).bool() & run
+        if self.eos:
+            eos_at = contiguous & torch.isin(block, torch.tensor(self.eos, device=block.device))
+            contiguous &= (eos_at.long().cumsum(-1) - eos_at.long()) == 0
+        return _Drafts(block=block, count=contiguous.sum(-1), q_log=q_log)
+
+    def _drafter_log_probs(self, rows: _Rows, block: torch.Tensor, temperature: float) -> torch.Tensor:
+        """One drafter call on the noisy block (after the pending clean block of rows that finished one): the
+        log-probs `(B, S, V)` of every block position (position 0 from the last clean token; the AR shift)."""
+        size = self.block_size
+        device = block.device
+        offsets = torch.arange(size, device=device)
+        noisy_positions = rows.block_start[:, None] + offsets
+        parts_ids, parts_pos, parts_blk, parts_noisy, parts_valid = [], [], [], [], []
+        writes = rows.pending_valid.any()
+        if writes:
+            parts_ids.append(rows.pending)
+            parts_pos.append(noisy_positions - size)
+            parts_blk.append(torch.ones_like(rows.pending))
+            parts_noisy.append(torch.zeros_like(rows.pending, dtype=torch.bool))
+            parts_valid.append(rows.pending_valid[:, None].expand(-1, size))
+        ones = torch.ones_like(block, dtype=torch.bool)
+        parts_ids.append(block)
+        parts_pos.append(noisy_positions)
+        parts_blk.append(torch.full_like(block, 2))
+        parts_noisy.append(ones)
+        parts_valid.append(ones)
+        ids, positions = torch.cat(parts_ids, 1), torch.cat(parts_pos, 1)
+        blocks, noisy, valid = torch.cat(parts_blk, 1), torch.cat(parts_noisy, 1), torch.cat(parts_valid, 1)
+        among = block_attention_mask(blocks, noisy, blocks, noisy, valid)
+        cached = rows.drafter_key_valid[:, None, None, :].expand(-1, 1, ids.shape[1], -1)
+        hidden = decoder_hidden_states(
+            self.drafter, ids, positions, torch.cat([cached, among], -1), rows.drafter_cache
+        )
+        rows.drafter_cache.crop(-size)  # the noisy block's KV is never kept
+        if writes:
+            rows.drafter_key_valid = torch.cat([rows.drafter_key_valid, parts_valid[0]], 1)
+            first = self._log_probs(self.drafter, self.mask_token_id, hidden[:, size - 1], temperature)
+            rows.first_log_probs = torch.where(rows.pending_valid[:, None], first, rows.first_log_probs)
+            rows.pending_valid = torch.zeros_like(rows.pending_valid)
+            hidden = hidden[:, size:]
+        later = self._log_probs(self.drafter, self.mask_token_id, hidden[:, : size - 1], temperature)
+        return torch.cat([rows.first_log_probs[:, None], later], 1)
+
+    # -- 2. verify: one causal forward over [last kept token, drafts] ----------------------------------------------
+    def _verify(self, rows: _Rows, drafts: _Drafts, temperature: float, generator):
+        """Score the drafts with the verifier and apply the acceptance rule. Returns per row the number of drafts
+        kept and the new tokens (kept drafts, then the verifier's own token) with their verifier log-probs."""
+        batch, device = rows.count, drafts.block.device
+        width = 1 + int(drafts.count.max())
+        columns = torch.arange(width, device=device)
+        gather_at = (rows.fixed[:, None] + columns[None, :-1]).clamp(max=self.block_size - 1)
+        draft_ids = drafts.block.gather(1, gather_at)  # (B, width - 1)
+        ids = torch.cat([rows.last_token[:, None], draft_ids], 1)
+        valid = columns < (1 + drafts.count)[:, None]
+        positions = rows.last_position[:, None] + columns
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        among = (causal[None] & valid[:, None, :])[:, None]  # padding queries still see the cached prompt
+        cached = rows.verifier_key_valid[:, None, None, :].expand(-1, 1, width, -1)
+        hidden = decoder_hidden_states(
+            self.verifier, ids, positions, torch.cat([cached, among], -1), rows.verifier_cache
+        )
+        rows.verifier_passes += 1
+        rows.verifier_steps()
+        p_log = self._log_probs(self.verifier, self.verifier_mask_id, hidden, temperature)
+        p_log = self._pad_vocab(p_log)  # (B, width, V)
+        draft_p = p_log[:, :-1].gather(-1, draft_ids[..., None]).squeeze(-1)
+        if temperature > 0:
+            q_at = drafts.q_log.gather(1, gather_at[..., None].expand(-1, -1, drafts.q_log.shape[-1]))
+            draft_q = q_at.gather(-1, draft_ids[..., None]).squeeze(-1)
+            uniform = torch.rand(draft_p.shape, dtype=torch.float64, generator=generator, device=device)
+            agree = uniform < (draft_p.double() - draft_q.double()).exp()
+        else:
+            agree = draft_ids == p_log[:, :-1].argmax(-1)
+        kept = accepted_lengths(agree, drafts.count)
+        at_next = p_log[torch.arange(batch, device=device), kept]
+        if temperature > 0:
+            rejected = kept < drafts.count
+            own = sample_tokens(at_next, 1.0, generator)
+            if rejected.any():
+                q_next = q_at[torch.arange(batch, device=device), kept.clamp(max=width - 2)]
+                own = torch.where(rejected, residual_sample(at_next, q_next, generator), own)
+        else:
+            own = at_next.argmax(-1)
+        new_tokens = torch.cat([draft_ids, own[:, None]], 1).scatter(1, kept[:, None], own[:, None])
+        new_logprobs = torch.cat([draft_p, at_next.gather(-1, own[:, None])], 1).scatter(
+            1, kept[:, None], at_next.gather(-1, own[:, None])
+        )
+        rows.verifier_key_valid = torch.cat([rows.verifier_key_valid, columns[None, :] <= kept[:, None]], 1)
+        return kept, new_tokens, new_logprobs
+
+    def _log_probs(self, model, mask_token_id, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = model.get_output_embeddings()(hidden)
+        return log_probs_without_mask(logits, mask_token_id, temperature)
+
+    def _pad_vocab(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Verifier log-probs over the drafter's vocabulary (rows it lacks get probability 0)."""
+        extra = self.drafter.get_output_embeddings().weight.shape[0] - log_probs.shape[-1]
+        if extra <= 0:
+            return log_probs
+        return torch.nn.functional.pad(log_probs, (0, extra), value=float("-inf"))
+
+
+@dataclass
+class _Drafts:
+    block: torch.Tensor  # (B, S) the block with the drafted tokens in place
+    count: torch.Tensor  # (B,) drafted tokens after the fixed prefix, in order
+    q_log: torch.Tensor | None  # (B, S, V) the drafter's commit-time log-probs (sampling only)
+
+
+class _Rows:
+    """The rows still decoding: both caches and which of their keys may be attended, the current block (its first
+    `fixed` tokens are final), the clean block waiting to be written to the drafter's cache, the verifier's last kept
+    token (not yet in its cache) and, per original row, the tokens produced so far."""
+
+    @classmethod
+    def start(cls, sampler: SpeculativeSampler, prompt_ids, prompt_mask, max_new_tokens, temperature, generator):
+        """Prefill both models with the prompt; the verifier's first token opens the first block."""
+        self = cls()
+        self.sampler, self.max_new_tokens = sampler, max_new_tokens
+        batch, device, size = len(prompt_ids), prompt_ids.device, sampler.block_size
+        valid = prompt_mask.bool()
+        positions = position_ids_from_mask(prompt_mask)
+        blocks, clean = prompt_block_ids(prompt_mask), torch.zeros_like(valid)
+        allowed = block_attention_mask(blocks, clean, blocks, clean, valid)
+        self.drafter_cache = DynamicCache(config=sampler.drafter.config)
+        hidden = decoder_hidden_states(sampler.drafter, prompt_ids, positions, allowed, self.drafter_cache)
+        if sampler.self_speculative:
+            # the prompt is causal under the block rule too, so one prefill serves both caches
+            self.verifier_cache = copy.deepcopy(self.drafter_cache)
+        else:
+            self.verifier_cache = DynamicCache(config=sampler.verifier.config)
+            hidden = decoder_hidden_states(sampler.verifier, prompt_ids, positions, allowed, self.verifier_cache)
+        first = sampler._pad_vocab(
+            sampler._log_probs(sampler.verifier, sampler.verifier_mask_id, hidden[:, -1], temperature)
+        )
+        first_token = sample_tokens(first, temperature, generator)
+        self.drafter_key_valid = self.verifier_key_valid = valid
+        lengths = valid.sum(-1)
+        self.rows = torch.arange(batch, device=device)
+        self.block = torch.full((batch, size), sampler.mask_token_id, dtype=torch.long, device=device)
+        self.fixed = torch.zeros(batch, dtype=torch.long, device=device)
+        self.block_start = lengths.clone()
+        self.pending = torch.zeros_like(self.block)
+        self.pending_valid = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.first_log_probs = torch.zeros_like(first)  # only read for a block whose token 0 is undecided
+        self.last_position = lengths - 1  # the verifier's own token is placed like a round's: after 0 kept drafts
+        self.produced = torch.zeros(batch, dtype=torch.long, device=device)
+        self.tokens = [[] for _ in range(batch)]
+        self.logprobs = [[] for _ in range(batch)]
+        self.rounds = [[] for _ in range(batch)]
+        self.accepted = [[] for _ in range(batch)]
+        self.steps = [0] * batch
+        self.drafter_passes = self.verifier_passes = 0
+        first_logprob = first.gather(-1, first_token[:, None])
+        self._keep(torch.zeros_like(self.fixed), first_token[:, None], first_logprob, counts_as_round=False)
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def budget(self) -> torch.Tensor:
+        """How many tokens each row may still draft in its block (up to `max_new_tokens` in all). A block of one
+        token is the AR model itself, so at block size 1 nothing is drafted and the verifier decodes alone."""
+        size = self.sampler.block_size
+        if size == 1:
+            return torch.zeros_like(self.fixed)
+        return torch.minimum(size - self.fixed, self.max_new_tokens - self.produced)
+
+    def drafter_steps(self, took_part: torch.Tensor) -> None:
+        self.drafter_passes += 1
+        for entry in torch.nonzero(took_part).flatten().tolist():
+            self.steps[int(self.rows[entry])] += 1
+
+    def verifier_steps(self) -> None:
+        for row in self.rows.tolist():
+            self.steps[row] += 1
+
+    # -- 3. advance: keep the accepted tokens, roll full blocks over, retire finished rows --------------------------
+    def advance(self, kept: torch.Tensor, new_tokens: torch.Tensor, new_logprobs: torch.Tensor) -> None:
+        self._keep(kept, new_tokens, new_logprobs, counts_as_round=True)
+
+    def _keep(self, kept, new_tokens, new_logprobs, counts_as_round: bool) -> None:
+        """Append each row's `kept` drafts and the verifier's own token (`new_tokens[:, :kept + 1]`), place them in
+        the block (the own token opens the next block when the drafts filled this one; later positions are masked
+        again), queue full blocks for the drafter's cache and retire rows that are done."""
+        size, mask_id = self.sampler.block_size, self.sampler.mask_token_id
+        for entry, row in enumerate(self.rows.tolist()):
+            n = int(kept[entry]) + 1
+            self.tokens[row].extend(new_tokens[entry, :n].tolist())
+            self.logprobs[row].extend(new_logprobs[entry, :n].tolist())
+            self.rounds[row].extend([self.verifier_passes] * n)
+            if counts_as_round:
+                self.accepted[row].append(n - 1)
+        offsets = torch.arange(size, device=self.block.device)
+        own = new_tokens.gather(1, kept[:, None]).squeeze(1)
+        spot = self.fixed + kept
+        block = torch.where(offsets < spot[:, None], self._drafted_block(kept, new_tokens), mask_id)
+        block = torch.where(offsets == spot[:, None], own[:, None], block)
+        self.last_token, self.last_position = own, self.last_position + kept + 1
+        self.produced = self.produced + kept + 1
+        fixed = spot + 1
+        full = fixed >= size
+        if full.any():
+            self.pending = torch.where(full[:, None], block, self.pending)
+            self.pending_valid = full
+            overflow = fixed > size
+            opened = torch.full_like(block, mask_id)
+            opened[:, 0] = torch.where(overflow, own, mask_id)
+            block = torch.where(full[:, None], opened, block)
+            fixed = torch.where(full, overflow.long(), fixed)
+            self.block_start = self.block_start + full.long() * size
+        self.block, self.fixed = block, fixed
+        self._retire(self._finished())
+
+    def _drafted_block(self, kept, new_tokens) -> torch.Tensor:
+        """The block with the kept drafts written after the fixed prefix (they are `new_tokens[:, :kept]`)."""
+        size = self.sampler.block_size
+        offsets = torch.arange(size, device=self.block.device)
+        index = (offsets[None, :] - self.fixed[:, None]).clamp(0, new_tokens.shape[1] - 1)
+        from_new = new_tokens.gather(1, index)
+        return torch.where(offsets[None, :] < self.fixed[:, None], self.block, from_new)
+
+    def _finished(self) -> torch.Tensor:
+        done = self.produced >= self.max_new_tokens
+        if self.sampler.eos:
+            eos = set(self.sampler.eos)
+            ended = [any(t in eos for t in self.tokens[row]) for row in self.rows.tolist()]
+            done = done | torch.tensor(ended, dtype=torch.bool, device=done.device)
+        return done
+
+    def _retire(self, done: torch.Tensor) -> None:
+        if not done.any():
+            return
+        keep = torch.nonzero(~done).flatten()
+        for cache in (self.drafter_cache, self.verifier_cache):
+            cache.batch_select_indices(keep)
+        for name in (
+            "rows", "block", "fixed", "block_start", "pending", "pending_valid", "first_log_probs",
+            "last_token", "last_position", "produced", "drafter_key_valid", "verifier_key_valid",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name)[keep])
+
+    def output(self, tokenizer, elapsed: float) -> SpeculativeOutput:
+        limit, eos = self.max_new_tokens, self.sampler.eos
+        lengths = [cut_at_eos(row, eos, limit) for row in self.tokens]
+        completion_ids = [row[:n] for row, n in zip(self.tokens, lengths)]
+        return SpeculativeOutput(
+            texts=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+            completion_ids=completion_ids,
+            commit_step=[row[:n] for row, n in zip(self.rounds, lengths)],
+            logprobs=[row[:n] for row, n in zip(self.logprobs, lengths)],
+            num_forward_passes=self.drafter_passes + self.verifier_passes,
+            num_prefill_passes=1 if self.sampler.self_speculative else 2,
+            steps_per_row=self.steps,
+            elapsed_s=elapsed,
+            drafter_passes=self.drafter_passes,
+            verifier_passes=self.verifier_passes,
+            accepted_per_round=self.accepted,
+        )

@@ -1,0 +1,159 @@
+"""Speculative decoding returns the verifier's output: token for token when greedy, in distribution when sampling."""
+
+import collections
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from dgr2_trl import ARSampler, BlockDiffusionSampler, SpeculativeSampler
+from dgr2_trl.modeling import tiny_causal_lm
+from dgr2_trl.modeling.conversion import CONFIG_KEY, BlockDiffusionSettings
+from dgr2_trl.samplers.speculative import accepted_lengths, prefix_commits
+from tests.conftest import PROMPTS, make_converted, make_model
+
+
+MAX_NEW = 40
+VERIFIER_SEED = 5  # a random verifier whose greedy output stops at EOS on one of PROMPTS (row 2, 9 tokens)
+
+
+@pytest.fixture(scope="module")
+def verifier(tokenizer):
+    return make_model(tokenizer, seed=VERIFIER_SEED)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+@pytest.mark.parametrize("self_speculative", [False, True])
+@pytest.mark.parametrize(("threshold", "fallback", "max_steps"), [(0.9, "confidence", 3), (0.3, "leftmost", None)])
+def test_greedy_equals_the_verifiers_greedy_batched_and_one_by_one(
+    tokenizer, verifier, block_size, self_speculative, threshold, fallback, max_steps
+):
+    drafter, tok = make_converted(tokenizer, block_size=block_size, seed=0)
+    target = drafter if self_speculative else verifier
+    expected = ARSampler(target, tok).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    lengths = [len(ids) for ids in expected.completion_ids]
+    assert min(lengths) < MAX_NEW == max(lengths)  # rows stop at EOS at different times (left-padded batch)
+    sampler = SpeculativeSampler(
+        drafter,
+        tok,
+        verifier=None if self_speculative else verifier,
+        threshold=threshold,
+        fallback=fallback,
+        max_steps_per_block=max_steps,
+    )
+    out = sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert out.completion_ids == expected.completion_ids
+    assert out.texts == expected.texts
+    for row, prompt in enumerate(PROMPTS):
+        assert sampler.generate([prompt], max_new_tokens=MAX_NEW).completion_ids[0] == expected.completion_ids[row]
+    # the reported log-probs are the verifier's
+    for got, want in zip(out.logprobs, expected.logprobs):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-9)
+    assert out.num_forward_passes == out.drafter_passes + out.verifier_passes
+    assert out.num_prefill_passes == (1 if self_speculative else 2)
+    for row, ids in enumerate(out.completion_ids):
+        # every verification yields its kept drafts plus one token of the verifier's
+        assert sum(a + 1 for a in out.accepted_per_round[row]) + 1 >= len(ids)
+    if block_size == 1:
+        assert out.drafter_passes == 0 and out.mean_accepted_tokens == 0
+
+
+def test_prefix_commits_are_left_to_right_runs():
+    todo = torch.tensor([[False, True, True, True, True], [True, True, True, False, False]])
+    confidence = torch.tensor([[0.0, 0.2, 0.95, 0.99, 0.1], [0.99, 0.1, 0.99, 0.99, 0.99]])
+    commit = prefix_commits(confidence, todo, 0.9, torch.tensor([1, 1]))
+    # row 0: the leftmost undecided position, then the confident run after it, stopping at the first unsure one
+    assert commit.tolist() == [[False, True, True, True, False], [True, False, False, False, False]]
+    # never a position to the right of one left undecided, whatever its confidence
+    commit = prefix_commits(
+        torch.tensor([[0.1, 0.1, 0.99]]), torch.ones(1, 3, dtype=torch.bool), 0.9, torch.tensor([1])
+    )
+    assert commit.tolist() == [[True, False, False]]
+    two = prefix_commits(torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool), 0.9, torch.tensor([2]))
+    assert two.tolist() == [[True, True, False, False]]
+
+
+def test_accepted_lengths_stop_at_the_first_disagreement_and_the_draft_end():
+    agree = torch.tensor([[True, True, False, True], [True, True, True, True], [False, True, True, True]])
+    assert accepted_lengths(agree, torch.tensor([4, 3, 4])).tolist() == [2, 3, 0]
+
+
+def test_refuses_an_unconverted_drafter_and_a_larger_verifier_vocabulary(tokenizer, verifier):
+    with pytest.raises(ValueError, match="not a block-diffusion model"):
+        SpeculativeSampler(verifier, tokenizer)
+    drafter, tok = make_converted(tokenizer, block_size=4)
+    bigger = tiny_causal_lm(len(tokenizer) + 9, dtype=torch.float64)
+    with pytest.raises(ValueError, match="vocabulary"):
+        SpeculativeSampler(drafter, tok, verifier=bigger)
+    with pytest.raises(ValueError, match="block_size"):
+        SpeculativeSampler(drafter, tok, block_size=0)
+
+
+# -- sampling: the output distribution is the verifier's --------------------------------------------------------------
+
+VOCAB, EOS, MASK = 4, 3, 4  # tokens 0..2, EOS 3, and the drafter's mask token 4
+
+
+class _IdTokenizer:
+    """Just what the samplers need for prompts given as token ids."""
+
+    pad_token_id = EOS
+    eos_token_id = EOS
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(map(str, r)) for r in rows]
+
+
+def _tiny_vocab_models():
+    drafter = tiny_causal_lm(VOCAB + 1, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=32, dtype=torch.float64, seed=1, initializer_range=0.6)  # fmt: skip
+    setattr(drafter.config, CONFIG_KEY, asdict(BlockDiffusionSettings(4, MASK, "<mask>")))
+    verifier = tiny_causal_lm(VOCAB, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                              intermediate_size=32, dtype=torch.float64, seed=2, initializer_range=0.6)  # fmt: skip
+    return drafter, verifier
+
+
+def _exact_distribution(model, prompt, length):
+    """Every completion of at most `length` tokens (stopping at EOS) with its probability under `model`."""
+    dist = {}
+
+    def extend(prefix, prob):
+        if len(prefix) == length or (prefix and prefix[-1] == EOS):
+            dist[tuple(prefix)] = prob
+            return
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + prefix])).logits[0, -1, :VOCAB]
+        for token, p in enumerate(torch.softmax(logits.double(), -1).tolist()):
+            extend([*prefix, token], prob * p)
+
+    extend([], 1.0)
+    return dist
+
+
+def _chi_square(counts, dist, n):
+    assert set(counts) <= set(dist)
+    return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in dist.items())
+
+
+def test_sampled_completions_follow_the_verifiers_distribution():
+    """Chi-square of 40,000 sampled 3-token completions (40 outcomes) against the verifier's exact distribution.
+    The bound (99.9% quantile for 39 degrees of freedom) is far below what the drafter's own distribution scores,
+    so a rule that kept biased drafts would fail it."""
+    drafter, verifier = _tiny_vocab_models()
+    prompt, n, length = [0, 1, 2, 0], 40_000, 3
+    dist = _exact_distribution(verifier, prompt, length)
+    assert len(dist) == 40 and abs(sum(dist.values()) - 1) < 1e-12
+    bound = 72.1  # scipy.stats.chi2.ppf(0.999, 39)
+    tok = _IdTokenizer()
+    for threshold in (0.0, 0.5):  # 0.0: drafts whole blocks in one pass, in parallel
+        sampler = SpeculativeSampler(drafter, tok, verifier=verifier, threshold=threshold)
+        out = sampler.generate([prompt] * n, max_new_tokens=length, temperature=1.0,
+                               generator=torch.Generator().manual_seed(int(threshold * 10)))  # fmt: skip
+        counts = collections.Counter(tuple(ids) for ids in out.completion_ids)
+        assert _chi_square(counts, dist, n) < bound, threshold
+        assert out.mean_accepted_tokens > 0.2  # drafts are kept often enough to be tested
+    drafter_only = BlockDiffusionSampler(drafter, tok, threshold=0.0).generate(
+        [prompt] * n, max_new_tokens=length, temperature=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    biased = collections.Counter(tuple(ids) for ids in drafter_only.completion_ids)
+    assert _chi_square(biased, dist, n) > 20 * bound
