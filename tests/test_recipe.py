@@ -20,10 +20,16 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
         assert (tmp_path / stage / "metrics.json").exists() and (tmp_path / stage / "config.json").exists()
     # the frontier has AR plus one row per threshold, at each batch size, with speed-ups against AR
     rows = result["frontier"]
-    per_batch = 1 + len(preset.frontier_thresholds) * len(preset.frontier_fallbacks)
+    per_batch = 1 + len(preset.frontier_thresholds) * len(preset.frontier_fallbacks) + 3
     assert len(rows) == len(preset.frontier_batch_sizes) * per_batch
     assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
+    # speculative decoding scores exactly as its verifier: the AR teacher, or the final model's own AR mode
+    for batch_size in preset.frontier_batch_sizes:
+        by_model = {r["model"]: r for r in rows if r["batch_size"] == batch_size}
+        for speculative, verifier in (("speculative (teacher)", "ar"), ("speculative (self)", "rl (AR mode)")):
+            for key in ("recall@1", "recall@3", "ndcg@3", "valid_rate", "n"):
+                assert by_model[speculative][key] == by_model[verifier][key], (batch_size, speculative, key)
     table = (tmp_path / "results.md").read_text()
     assert table.count("| +RL |") == 2  # the stage table and the comparison with the teacher
     assert "| copies pre-ranker | distinct texts | passes/token |" in table.splitlines()[0]

@@ -136,14 +136,11 @@ def plot_frontier(frontier: list[dict], path: Path) -> bool:
         (axes[1], "recall@1", "R@1 (invalid -> pre-ranker order)"),
     ):
         for batch_size in sorted({r["batch_size"] for r in frontier}):
-            ar = [r for r in frontier if r["batch_size"] == batch_size and r["threshold"] is None]
-            fallbacks = dict.fromkeys(r.get("fallback") for r in frontier if r["threshold"] is not None)
+            ar = [r for r in frontier if r["batch_size"] == batch_size and r["model"] == "ar"]
+            block = [r for r in frontier if r.get("decoder", "block") == "block" and r["threshold"] is not None]
+            fallbacks = dict.fromkeys(r.get("fallback") for r in block)
             for fallback, style in zip(fallbacks, ("-", "--", ":")):
-                rows = [
-                    r
-                    for r in frontier
-                    if r["batch_size"] == batch_size and r["threshold"] is not None and r.get("fallback") == fallback
-                ]
+                rows = [r for r in block if r["batch_size"] == batch_size and r.get("fallback") == fallback]
                 xs = [r["speedup_vs_ar"] or 0 for r in rows]
                 ys = [r[metric] or 0 for r in rows]
                 axis.plot(xs, ys, style, marker="o", label=f"block, batch {batch_size}, fallback {fallback}")
@@ -159,12 +156,23 @@ def plot_frontier(frontier: list[dict], path: Path) -> bool:
                     color="black" if batch_size == 1 else "gray",
                     label=f"AR, batch {batch_size}",
                 )
+            speculative = [r for r in frontier if r["batch_size"] == batch_size and r.get("decoder") == "speculative"]
+            for r in speculative:
+                axis.scatter(
+                    [r["speedup_vs_ar"] or 0],
+                    [r[metric] or 0],
+                    marker="*",
+                    s=80,
+                    label=f"{r['model']}, batch {batch_size}",
+                )
         axis.axvline(1.0, color="gray", lw=0.5)
         axis.set_xlabel("tokens/s over AR tokens/s (same machine)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
-    figure.suptitle("Speed frontier: block diffusion (final model) vs AR decoding (AR teacher)")
+    figure.suptitle(
+        "Speed frontier: block diffusion and speculative decoding (final model) vs AR decoding (AR teacher)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -20,7 +20,7 @@ from ..data import build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
-from ..samplers import ARSampler, BlockDiffusionSampler
+from ..samplers import ARSampler, BlockDiffusionSampler, SpeculativeSampler
 from ..teachers import teacher_completion_dataset
 from .presets import RecipePreset
 
@@ -163,11 +163,15 @@ class Recipe:
         fallback: str | None = None,
         split: str = "test",
         rows_stage: str | None = None,
+        sampler=None,
     ) -> dict:
         """Decode `split`'s queries and score them; with `rows_stage`, each query's output goes to
-        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text)."""
+        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text).
+        A `sampler` given decodes instead of the one `model`/`block` name (e.g. a `SpeculativeSampler`)."""
         model = model.to(self.device).eval()
-        if block:
+        if sampler is not None:
+            pass
+        elif block:
             sampler = BlockDiffusionSampler(
                 model,
                 self.tokenizer,
@@ -352,13 +356,42 @@ class Recipe:
                         fallback=fallback,
                     )
                     rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, fallback))
+            if p.frontier_speculative:
+                rows += self._speculative_rows(stage, ar_model, final, batch_size, limit, ar)
         path.write_text(json.dumps(rows, indent=2))
         return rows
 
+    def _speculative_rows(self, stage, ar_model, final, batch_size, limit, ar) -> list[dict]:
+        """The final model's own AR mode, then speculative decoding with the final model drafting and the AR
+        teacher or that AR mode verifying: each writes exactly its verifier's output, faster."""
+        p = self.preset
+        own_ar = self.evaluate(final, block=False, batch_size=batch_size, max_queries=limit)
+        rows = [_frontier_row(f"{stage} (AR mode)", None, batch_size, own_ar, ar, decoder="ar")]
+        for name, verifier in (("teacher", ar_model), ("self", None)):
+            sampler = SpeculativeSampler(
+                final, self.tokenizer, verifier=verifier, threshold=p.speculative_threshold, fallback=p.eval_fallback
+            )
+            scores = self.evaluate(final, block=True, batch_size=batch_size, max_queries=limit, sampler=sampler)
+            rows.append(
+                _frontier_row(
+                    f"speculative ({name})",
+                    p.speculative_threshold,
+                    batch_size,
+                    scores,
+                    ar,
+                    p.eval_fallback,
+                    decoder="speculative",
+                )
+            )
+        return rows
 
-def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict, fallback: str | None = None) -> dict:
+
+def _frontier_row(
+    model: str, threshold, batch_size: int, scores: dict, ar: dict, fallback: str | None = None, decoder=None
+) -> dict:
     return {
         "model": model,
+        "decoder": decoder or ("ar" if threshold is None else "block"),
         "threshold": threshold,
         "fallback": fallback,
         "batch_size": batch_size,
@@ -367,5 +400,7 @@ def _frontier_row(model: str, threshold, batch_size: int, scores: dict, ar: dict
         "speedup_vs_ar": (scores["tokens_per_second"] / ar["tokens_per_second"]) if ar["tokens_per_second"] else None,
         "forward_passes_per_token": scores["forward_passes_per_token"],
         "recall@1": scores["recall@1"],
+        "recall@3": scores["recall@3"],
+        "ndcg@3": scores["ndcg@3"],
         "valid_rate": scores["valid_rate"],
     }
