@@ -138,6 +138,36 @@ def test_trainer_loss_is_the_core_masked_diffusion_loss(tmp_path):
     assert 0 < batch["noisy_mask"].sum() < batch["completion_mask"].sum()
 
 
+@pytest.mark.parametrize("complementary", [False, True])
+def test_joint_ar_loss_is_added_on_the_same_batch(tmp_path, complementary):
+    """With `ar_loss_weight` w the loss is diffusion + w x (HF's own causal-LM loss sum over the completion tokens,
+    answer-weighted), over the same denominator."""
+    tok = synthetic_tokenizer()
+    model = tiny_model(tok, torch.float64)
+    losses = {}
+    for weight in (0.0, 0.5):
+        args = cpu_args(tmp_path, ar_loss_weight=weight, complementary_masking=complementary)
+        trainer = DiffusionSFTTrainer(model, args=args, train_dataset=synthetic_rows(8), processing_class=tok)
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer._add_noise(batch, 0)
+        losses[weight] = trainer.compute_loss(trainer.model, dict(batch))
+        denominator = trainer._denominator(batch)
+    # the reference: HF's forward on prompt + completion, one row at a time (no padding), summed token losses
+    model = trainer.model
+    total = 0.0
+    for row in range(batch["prompt_ids"].shape[0]):
+        prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
+        keep = batch["completion_mask"][row].bool()
+        completion = batch["completion_ids"][row][keep]
+        ids = torch.cat([prompt, completion])[None]
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].double()
+        logits[:, trainer.block_settings.mask_token_id] = float("-inf")
+        nll = torch.nn.functional.cross_entropy(logits, completion, reduction="none")
+        total = total + (batch["token_weights"][row][keep].double() * nll).sum()
+    copies = 2 if complementary else 1
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * copies * total / denominator, rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("normalization,complementary", [("auto", False), ("masked", True)])
 def test_gradient_accumulation_equals_one_large_batch(tmp_path, normalization, complementary):
     tok = synthetic_tokenizer()

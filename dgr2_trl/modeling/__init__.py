@@ -8,7 +8,7 @@ from .conversion import (
     get_block_diffusion_settings,
 )
 from .forward import decoder_hidden_states, forward_logits, log_probs_without_mask
-from .loss import DiffusionLossOutput, masked_diffusion_loss
+from .loss import DiffusionLossOutput, causal_lm_loss_sum, masked_diffusion_loss
 from .masks import (
     TrainingLayout,
     block_attention_mask,
@@ -40,6 +40,7 @@ __all__ = [
     "get_schedule",
     "log_probs_without_mask",
     "masked_diffusion_loss",
+    "causal_lm_loss_sum",
     "position_ids_from_mask",
     "replay_logprobs",
     "sample_block_noise",

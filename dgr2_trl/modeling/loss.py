@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .forward import decoder_hidden_states, log_probs_without_mask
-from .masks import build_training_layout
+from .masks import block_attention_mask, build_training_layout, position_ids_from_mask
 from .noise import BlockNoise, NoiseSchedule, get_schedule
 
 
@@ -77,3 +77,35 @@ def masked_diffusion_loss(
         completion_weight=weights.sum(),
         num_masked_tokens=int(rows.numel()),
     )
+
+
+def causal_lm_loss_sum(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    mask_token_id: int | None = None,
+    token_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted sum over completion tokens of the plain AR next-token cross-entropy (a causal forward of prompt +
+    completion, the model's block-size-1 mode). Added to the diffusion loss it keeps the student's AR mode close to
+    its AR start, which self-speculative decoding verifies with. Prompts may be padded on either side; completions
+    must be right-padded."""
+    batch, prompt_len = prompt_ids.shape
+    completion_len = completion_ids.shape[1]
+    valid = torch.cat([prompt_mask.bool(), completion_mask.bool()], 1)
+    columns = torch.arange(prompt_len + completion_len, device=prompt_ids.device).expand(batch, -1)
+    clean = torch.zeros_like(valid)
+    allowed = block_attention_mask(columns, clean, columns, clean, valid)  # each column its own block: causal
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    hidden = decoder_hidden_states(model, input_ids, position_ids_from_mask(valid), allowed)
+    # completion token r is predicted by the column before it; token 0 by the last real prompt token
+    last_prompt = (prompt_mask.long() * torch.arange(prompt_len, device=prompt_ids.device)).argmax(-1)
+    predictor = prompt_len + torch.arange(completion_len, device=prompt_ids.device) - 1
+    predictor = torch.where(predictor[None] < prompt_len, last_prompt[:, None], predictor[None]).expand(batch, -1)
+    rows, offsets = torch.nonzero(completion_mask.bool(), as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, predictor[rows, offsets]])
+    nll = F.nll_loss(log_probs_without_mask(logits, mask_token_id), completion_ids[rows, offsets], reduction="none")
+    weights = torch.ones_like(nll) if token_weights is None else token_weights[rows, offsets].to(nll.dtype)
+    return (weights * nll).sum()

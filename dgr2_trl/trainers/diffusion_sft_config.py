@@ -53,6 +53,11 @@ class DiffusionSFTConfig(SFTConfig):
         answer_prefix (`str`, *optional*, defaults to `'{"ranking"'`):
             Text that starts the answer. Located in the decoded completion and mapped back to tokens, so it works
             whatever the tokenizer merges around it. A completion without it is all reasoning.
+        ar_loss_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of a joint AR next-token loss on the same batch (`dgr2_trl.modeling.causal_lm_loss_sum`: one causal
+            forward of prompt + completion, token weights as above, normalised like the diffusion loss). Keeps the
+            model's block-size-1 mode close to the AR model, which self-speculative decoding
+            (`SpeculativeSampler(verifier=None)`) verifies with. Costs a second, shorter forward per step.
         complementary_masking (`bool`, *optional*, defaults to `False`):
             Also train every sample with the inverse mask, as extra rows of the same forward pass, so each completion
             token is supervised once per step. The inverse rows use the time whose mask probability is `1 - p(t)`
@@ -111,6 +116,9 @@ class DiffusionSFTConfig(SFTConfig):
     answer_prefix: str = field(
         default='{"ranking"', metadata={"help": "Text that starts the answer at the end of a completion."}
     )
+    ar_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of a joint AR next-token loss on the same batch (0: none)."}
+    )
     complementary_masking: bool = field(
         default=False, metadata={"help": "Also train each sample with the inverse mask (extra rows, same forward)."}
     )
@@ -159,6 +167,8 @@ class DiffusionSFTConfig(SFTConfig):
             )
         if self.time_weighting and self.min_mask_ratio <= 0.0:
             raise ValueError("time_weighting=True needs min_mask_ratio > 0 (the weight of a masked token is 1/t)")
+        if self.ar_loss_weight < 0:
+            raise ValueError(f"ar_loss_weight must be >= 0, got {self.ar_loss_weight}")
         if self.answer_weight < 0 or self.reasoning_weight < 0 or self.answer_weight + self.reasoning_weight == 0:
             raise ValueError(
                 "answer_weight and reasoning_weight must be >= 0 and not both 0, got "

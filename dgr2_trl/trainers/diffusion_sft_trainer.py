@@ -26,7 +26,7 @@ from ..modeling.conversion import (
     ensure_custom_mask_support,
     get_block_diffusion_settings,
 )
-from ..modeling.loss import masked_diffusion_loss
+from ..modeling.loss import causal_lm_loss_sum, masked_diffusion_loss
 from ..modeling.noise import BlockNoise
 from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from .checkpoints import CompleteCheckpointMixin
@@ -360,6 +360,24 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
         return loss
 
     def _diffusion_loss(self, model, rows: dict):
+        output = self._masked_diffusion_loss(model, rows)
+        if self.args.ar_loss_weight > 0:
+            # the denominator counts complementary copies too; their AR loss is the original rows' again
+            copies = 2 if self.args.complementary_masking else 1
+            n = rows["prompt_ids"].shape[0] // copies
+            ar_sum = causal_lm_loss_sum(
+                model,
+                rows["prompt_ids"][:n],
+                rows["prompt_mask"][:n],
+                rows["completion_ids"][:n],
+                rows["completion_mask"][:n],
+                self.block_settings.mask_token_id,
+                rows["token_weights"][:n],
+            )
+            output.loss_sum = output.loss_sum + self.args.ar_loss_weight * copies * ar_sum
+        return output
+
+    def _masked_diffusion_loss(self, model, rows: dict):
         return masked_diffusion_loss(
             model,
             rows["prompt_ids"],
