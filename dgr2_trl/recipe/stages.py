@@ -244,6 +244,7 @@ class Recipe:
             block_size=p.block_size,
             max_length=2048,
             valid_rate_num_prompts=0,
+            ar_loss_weight=p.cft_ar_loss_weight,
         )
         start = time.perf_counter()
         trainer = DiffusionSFTTrainer(
