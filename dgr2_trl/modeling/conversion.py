@@ -11,6 +11,7 @@ from .masks import block_attention_mask, position_ids_from_mask
 
 
 CONFIG_KEY = "block_diffusion"
+DEFAULT_BLOCK_SIZE = 32  # the paper's block size
 DEFAULT_MASK_TOKEN = "<|mask|>"
 
 
@@ -105,7 +106,9 @@ def ensure_custom_mask_support(model) -> None:
     model.__dict__["_dgr2_mask_checked_for"] = implementation
 
 
-def convert_to_block_diffusion(model, tokenizer, block_size: int = 32, mask_token: str = DEFAULT_MASK_TOKEN):
+def convert_to_block_diffusion(
+    model, tokenizer, block_size: int = DEFAULT_BLOCK_SIZE, mask_token: str = DEFAULT_MASK_TOKEN
+):
     """Turn an AR causal LM into a block-diffusion LM and return `(model, tokenizer)`.
 
     The weights are unchanged; the embedding matrix is resized only when the mask token is new and does not fit in

@@ -20,7 +20,7 @@ import torch
 from trl import GRPOTrainer
 
 from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs
-from ..modeling.conversion import ensure_custom_mask_support
+from ..modeling.conversion import DEFAULT_BLOCK_SIZE, ensure_custom_mask_support
 from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from ..rewards import default_rl_reward, parse_ranking
 from ..samplers import BlockDiffusionSampler
@@ -91,7 +91,7 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         settings = get_block_diffusion_settings(model)
         if settings is None:
             model, processing_class = convert_to_block_diffusion(
-                model, processing_class, block_size=args.block_size or 32, mask_token=args.mask_token
+                model, processing_class, block_size=args.block_size or DEFAULT_BLOCK_SIZE, mask_token=args.mask_token
             )
             settings = get_block_diffusion_settings(model)
         # an already converted model may run an attention backend that ignores the block mask (e.g. a checkpoint

@@ -21,6 +21,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational
 
 from ..modeling.conversion import (
+    DEFAULT_BLOCK_SIZE,
     DEFAULT_MASK_TOKEN,
     convert_to_block_diffusion,
     ensure_custom_mask_support,
@@ -38,7 +39,6 @@ from .model_card import BlockDiffusionModelCardMixin
 
 
 logger = logging.getLogger(__name__)
-DEFAULT_BLOCK_SIZE = 32
 
 
 def _is_peft(model) -> bool:
