@@ -8,17 +8,29 @@ from .modeling import (
     sample_block_noise,
 )
 from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput, SpeculativeSampler
-from .trainers import (
-    DiffusionGRPOConfig,
-    DiffusionGRPOTrainer,
-    DiffusionSFTConfig,
-    DiffusionSFTTrainer,
-    OnPolicyDistillConfig,
-    OnPolicyDistillTrainer,
-)
 
 
 __version__ = "0.1.0"
+
+# The trainers are imported on first use: importing them checks the private TRL symbols they rely on
+# (`dgr2_trl.compat`), which conversion and the samplers do not need.
+_TRAINERS = {
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
+    "DiffusionSFTConfig",
+    "DiffusionSFTTrainer",
+    "OnPolicyDistillConfig",
+    "OnPolicyDistillTrainer",
+}
+
+
+def __getattr__(name):
+    if name in _TRAINERS:
+        from . import trainers
+
+        return getattr(trainers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ARSampler",

@@ -1,5 +1,13 @@
 """TRL trainers for block-diffusion re-rankers (one file per trainer and its config)."""
 
+from ..compat import check_private_symbols
+
+
+# before the trainer modules import TRL's internals: a changed TRL fails here, naming the symbol and tested version
+check_private_symbols()
+
+# ruff: noqa: E402 (the imports below come after the check on purpose)
+
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .diffusion_grpo_trainer import DiffusionGRPOTrainer
 from .diffusion_sft_config import DiffusionSFTConfig

@@ -14,7 +14,7 @@ seams only:
 
 from __future__ import annotations
 
-import os
+import warnings
 
 import torch
 from trl import GRPOTrainer
@@ -103,10 +103,9 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         self._pending_replay = None  # rollout-order replay data, while TRL scores the batch
         self._active_replay = None  # replay data of the batch whose loss is being computed
         self._custom_rollout = rollout_func
-        previous = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
-        if rollout_func is None:
-            os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"  # our own use of the hook is not the user's experiment
-        try:
+        with warnings.catch_warnings():
+            if rollout_func is None:  # our own use of the experimental hook is not the user's experiment
+                warnings.filterwarnings("ignore", message=r"You are using 'rollout_func'", category=UserWarning)
             super().__init__(
                 model=model,
                 reward_funcs=reward_funcs if reward_funcs is not None else [default_rl_reward],
@@ -117,11 +116,6 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
                 rollout_func=self._rollout_hook,
                 **kwargs,
             )
-        finally:
-            if previous is None:
-                os.environ.pop("TRL_EXPERIMENTAL_SILENCE", None)
-            else:
-                os.environ["TRL_EXPERIMENTAL_SILENCE"] = previous
         # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
         self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
 
