@@ -10,10 +10,11 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import DynamicCache
 
-from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
+from ..modeling.conversion import ensure_custom_mask_support
 from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
 from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
 from .common import (
+    block_settings_of,
     check_prompt_ids,
     check_steps_per_block,
     check_threshold,
@@ -244,23 +245,12 @@ class BlockDiffusionSampler:
         eos_token_id: int | list[int] | None = None,
         fallback: str = "confidence",
     ):
-        settings = get_block_diffusion_settings(model)
-        if settings is None:
-            raise ValueError(
-                "the model is not a block-diffusion model; convert it first with "
-                "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
-            )
-        if block_size is not None and (
-            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-        ):
-            raise ValueError(
-                f"block_size must be None (the model's {settings.block_size}) or an integer >= 1, got {block_size!r}"
-            )
+        settings, block_size = block_settings_of(model, block_size, "model")
         # a converted model moved to an attention backend that ignores 4D masks would decode causally
         ensure_custom_mask_support(model)
         self.model = model
         self.tokenizer = tokenizer
-        self.block_size = block_size or settings.block_size
+        self.block_size = block_size
         self.mask_token_id = settings.mask_token_id
         self.threshold = check_threshold(threshold)
         if fallback not in FALLBACKS:

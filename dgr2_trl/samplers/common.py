@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..modeling.conversion import get_block_diffusion_settings
+
 
 def encode_prompts(tokenizer, prompts: Sequence, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise prompts (strings, or chat-message lists rendered with the tokenizer's chat template and a generation
@@ -79,6 +81,22 @@ def pad_id(tokenizer) -> int:
     if tokenizer.eos_token_id is not None:
         return tokenizer.eos_token_id
     raise ValueError("the tokenizer has neither a pad token nor an eos token to pad prompts with")
+
+
+def block_settings_of(model, block_size, role: str = "model"):
+    """The block-diffusion settings of a converted `model` and the block size to decode with (`block_size`, or the
+    model's own when None). Refuses an unconverted model and a block size that is not an integer >= 1."""
+    settings = get_block_diffusion_settings(model)
+    if settings is None:
+        raise ValueError(
+            f"the {role} is not a block-diffusion model; convert it first with "
+            "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
+        )
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(
+            f"block_size must be None (the {role}'s {settings.block_size}) or an integer >= 1, got {block_size!r}"
+        )
+    return settings, block_size or settings.block_size
 
 
 def check_threshold(threshold) -> float:

@@ -26,6 +26,7 @@ from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
 from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
 from .block_diffusion import FALLBACKS, min_commits_per_row, select_commits
 from .common import (
+    block_settings_of,
     check_prompt_ids,
     check_steps_per_block,
     check_threshold,
@@ -123,18 +124,7 @@ class SpeculativeSampler:
         max_steps_per_block: int | None = None,
         eos_token_id: int | list[int] | None = None,
     ):
-        settings = get_block_diffusion_settings(drafter)
-        if settings is None:
-            raise ValueError(
-                "the drafter is not a block-diffusion model; convert it first with "
-                "dgr2_trl.convert_to_block_diffusion(model, tokenizer)"
-            )
-        if block_size is not None and (
-            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-        ):
-            raise ValueError(
-                f"block_size must be None (the drafter's {settings.block_size}) or an integer >= 1, got {block_size!r}"
-            )
+        settings, block_size = block_settings_of(drafter, block_size, "drafter")
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.verifier = drafter if verifier is None else verifier
@@ -149,7 +139,7 @@ class SpeculativeSampler:
             )
         self.drafter = drafter
         self.tokenizer = tokenizer
-        self.block_size = block_size or settings.block_size
+        self.block_size = block_size
         self.mask_token_id = settings.mask_token_id
         verifier_settings = get_block_diffusion_settings(self.verifier)
         self.verifier_mask_id = verifier_settings.mask_token_id if verifier_settings else None
