@@ -10,7 +10,15 @@ from transformers import DynamicCache
 from ..modeling.conversion import get_block_diffusion_settings
 from ..modeling.forward import _cache_kwarg, log_probs_without_mask
 from ..modeling.masks import position_ids_from_mask
-from .common import check_prompt_ids, cut_at_eos, encode_prompts, eos_ids, sample_tokens, warn_without_eos
+from .common import (
+    check_max_new_tokens,
+    check_prompt_ids,
+    cut_at_eos,
+    encode_prompts,
+    eos_ids,
+    sample_tokens,
+    warn_without_eos,
+)
 from .output import GenerationOutput
 
 
@@ -50,8 +58,7 @@ class ARSampler:
         generator: torch.Generator | None = None,
     ) -> GenerationOutput:
         """Decode up to `max_new_tokens` per prompt; greedy when `temperature` <= 0."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, device)

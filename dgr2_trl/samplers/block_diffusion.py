@@ -15,6 +15,7 @@ from ..modeling.forward import decoder_hidden_states, log_probs_without_mask
 from ..modeling.masks import block_attention_mask, position_ids_from_mask, prompt_block_ids
 from .common import (
     block_settings_of,
+    check_max_new_tokens,
     check_prompt_ids,
     check_steps_per_block,
     check_threshold,
@@ -272,8 +273,7 @@ class BlockDiffusionSampler:
     ) -> GenerationOutput:
         """Decode `ceil(max_new_tokens / block_size)` blocks per prompt (stopping rows at EOS) and cut each
         completion to `max_new_tokens`. Greedy when `temperature` <= 0."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         settings = _DecodeSettings(

@@ -99,6 +99,11 @@ def block_settings_of(model, block_size, role: str = "model"):
     return settings, block_size or settings.block_size
 
 
+def check_max_new_tokens(max_new_tokens) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 def check_threshold(threshold) -> float:
     """A commit threshold is a probability: a number in [0, 1] (1.0 commits only certain tokens, plus the
     fallback's one per step)."""

@@ -27,6 +27,7 @@ from ..modeling.masks import block_attention_mask, position_ids_from_mask, promp
 from .block_diffusion import FALLBACKS, min_commits_per_row, select_commits
 from .common import (
     block_settings_of,
+    check_max_new_tokens,
     check_prompt_ids,
     check_steps_per_block,
     check_threshold,
@@ -162,8 +163,7 @@ class SpeculativeSampler:
         generator: torch.Generator | None = None,
     ) -> SpeculativeOutput:
         """Decode up to `max_new_tokens` per prompt (rows stop at EOS). Greedy when `temperature` <= 0."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         start = time.perf_counter()
         device = next(self.drafter.parameters()).device
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
@@ -427,7 +427,7 @@ class _Rows:
             fixed = torch.where(full, overflow.long(), fixed)
             self.block_start = self.block_start + full.long() * size
         self.block, self.fixed = block, fixed
-        self._retire(self._finished())
+        self._retire(self._finished(kept, new_tokens))
 
     def _drafted_block(self, kept, new_tokens) -> torch.Tensor:
         """The block with the kept drafts written after the fixed prefix (they are `new_tokens[:, :kept]`)."""
@@ -437,12 +437,14 @@ class _Rows:
         from_new = new_tokens.gather(1, index)
         return torch.where(offsets[None, :] < self.fixed[:, None], self.block, from_new)
 
-    def _finished(self) -> torch.Tensor:
+    def _finished(self, kept: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Rows at `max_new_tokens`, or whose tokens kept this round hold an EOS (earlier rounds' EOS rows are
+        already retired)."""
         done = self.produced >= self.max_new_tokens
         if self.sampler.eos:
-            eos = set(self.sampler.eos)
-            ended = [any(t in eos for t in self.tokens[row]) for row in self.rows.tolist()]
-            done = done | torch.tensor(ended, dtype=torch.bool, device=done.device)
+            kept_now = torch.arange(new_tokens.shape[1], device=new_tokens.device) <= kept[:, None]
+            eos = torch.tensor(self.sampler.eos, device=new_tokens.device)
+            done = done | (torch.isin(new_tokens, eos) & kept_now).any(-1)
         return done
 
     def _retire(self, done: torch.Tensor) -> None:
