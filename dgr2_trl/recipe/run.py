@@ -13,7 +13,7 @@ import torch
 from .analysis import analyse
 from .presets import RecipePreset
 from .report import write_report
-from .stages import STAGES, Recipe
+from .stages import STAGES, Recipe, check_stage_order
 
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def machine_info() -> dict:
 
 def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, frontier: bool = True) -> dict:
     """Run (or resume) the recipe; returns {"stages": {...}, "frontier": [...], "table": str}."""
+    check_stage_order(output_dir, stages)
     start = time.perf_counter()
     recipe = Recipe(preset, output_dir)
     results = {"floor": recipe.floor()}

@@ -29,6 +29,22 @@ logger = logging.getLogger(__name__)
 STAGES = ("ar", "naive", "cft", "opd", "rl")
 
 
+def check_stage_order(output_dir: str | Path, stages) -> None:
+    """Fail before any work if a requested stage would start without the stages it loads: every stage before it
+    must be finished in `output_dir` (its `metrics.json`) or requested earlier in `stages`."""
+    done = {s for s in STAGES if (Path(output_dir) / s / "metrics.json").exists()}
+    for stage in stages:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected some of {STAGES}, in that order")
+        missing = [s for s in STAGES[: STAGES.index(stage)] if s not in done]
+        if missing:
+            raise ValueError(
+                f"stage {stage!r} needs the finished stage(s) {missing} in {output_dir} (no metrics.json there); "
+                f"run them first, e.g. --stages {' '.join(missing + [stage])}"
+            )
+        done.add(stage)
+
+
 def common_args(
     preset: RecipePreset, stage_dir: Path, steps: int, learning_rate: float, cpu_bf16: bool = False
 ) -> dict:
@@ -66,6 +82,7 @@ def data_settings(preset: RecipePreset) -> dict:
     """The preset's arguments to `build_rerank_datasets` that shape the prompts and the training queries (the
     number of evaluation queries is left to the caller)."""
     return dict(
+        data=preset.data_dir,
         id_scheme=preset.id_scheme,
         history_length=preset.history_length,
         max_title_words=preset.max_title_words,
