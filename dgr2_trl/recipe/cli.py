@@ -42,7 +42,8 @@ class RecipeScriptArguments:
         },
     )
     output_dir: str | None = field(
-        default=None, metadata={"help": "Where each stage, results.json/.md and frontier.png go (outputs/recipe-<name>)."}
+        default=None,
+        metadata={"help": "Where each stage, results.json/.md and frontier.png go (outputs/recipe-<name>)."},
     )
     stages: list[str] = field(
         default_factory=lambda: list(STAGES),
