@@ -194,10 +194,18 @@ class RecipePreset:
         default=0.0,
         metadata={
             "help": (
-                "Weight of the joint AR next-token loss in CFT. Why this default: Weight of the joint AR next- "
-                "token loss in CFT (DiffusionSFTConfig.ar_loss_weight): keeps the student's own AR mode, the "
-                "verifier of self-speculative decoding, close to the teacher"
+                "Weight of the joint AR next-token loss in CFT (DiffusionSFTConfig.ar_loss_weight): keeps the "
+                "student's own AR mode, the verifier of self-speculative decoding, close to the teacher."
             )
+        },
+    )
+    cft_answer_weight: float = field(
+        default=2.0, metadata={"help": "Loss weight of the answer tokens in CFT (DiffusionSFTConfig.answer_weight)."}
+    )
+    cft_complementary_masking: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train every CFT sample with the inverse mask (DiffusionSFTConfig.complementary_masking)."
         },
     )
     opd_steps: int = field(default=40, metadata={"help": "Optimizer steps of on-policy distillation."})

@@ -262,6 +262,8 @@ class Recipe:
             max_length=2048,
             valid_rate_num_prompts=0,
             ar_loss_weight=p.cft_ar_loss_weight,
+            answer_weight=p.cft_answer_weight,
+            complementary_masking=p.cft_complementary_masking,
         )
         start = time.perf_counter()
         trainer = DiffusionSFTTrainer(
