@@ -1,5 +1,5 @@
 """OnPolicyDistillTrainer with an in-process teacher: exactness (self-distillation loss ~0), a perturbed student
-learns, the student is read in its decoding states, configuration errors."""
+learns, the student is read in its decoding states, a subclass replacing the rollout seam, configuration errors."""
 
 import copy
 
@@ -20,7 +20,9 @@ def make_teacher(tokenizer, dtype=torch.float64, seed=3, initializer_range=0.5):
     return tiny_causal_lm(len(tokenizer), "qwen3", dtype=dtype, seed=seed, initializer_range=initializer_range)
 
 
-def make_trainer(tmp_path, teacher, tokenizer, block_size=1, perturb=0.0, **overrides):
+def make_trainer(
+    tmp_path, teacher, tokenizer, block_size=1, perturb=0.0, trainer_class=OnPolicyDistillTrainer, **overrides
+):
     student, student_tok = convert_to_block_diffusion(copy.deepcopy(teacher), copy.deepcopy(tokenizer), block_size)
     if perturb:
         with torch.no_grad():
@@ -49,7 +51,7 @@ def make_trainer(tmp_path, teacher, tokenizer, block_size=1, perturb=0.0, **over
     )  # tiny models: recomputation only costs time
     settings.update(overrides)
     dataset = Dataset.from_dict({"prompt": PROMPTS})
-    return OnPolicyDistillTrainer(
+    return trainer_class(
         student, teacher, args=OnPolicyDistillConfig(**settings), train_dataset=dataset, processing_class=student_tok
     )
 
@@ -171,3 +173,78 @@ def test_configuration_errors(tmp_path, tokenizer):
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
             processing_class=copy.deepcopy(tokenizer),
         )
+
+
+RANKING = '{"ranking": ["a", "b"]}'
+
+
+class FixedRollout(OnPolicyDistillTrainer):
+    """A user's subclass overriding only the rollout seam: fixed completions of two lengths (ragged rows), the even
+    ones a valid ranking, without commit steps, trailing tokens or texts (the trainer's defaults fill them in)."""
+
+    calls = 0  # rollout() calls of this trainer
+
+    def completions(self, count):
+        eos = self._tokenizer.eos_token_id
+        ranking = self._tokenizer(RANKING, add_special_tokens=False)["input_ids"] + [eos]
+        other = self._tokenizer("the lazy dog", add_special_tokens=False)["input_ids"] + [eos]
+        return [ranking if i % 2 == 0 else other for i in range(count)]
+
+    def rollout(self, prompts):
+        self.calls += 1
+        return {"completion_ids": self.completions(len(prompts))}
+
+
+def test_subclass_overriding_only_rollout_trains_on_its_completions(tmp_path, tokenizer):
+    trainer = make_trainer(
+        tmp_path, make_teacher(tokenizer, dtype=torch.float32), tokenizer, perturb=0.3, trainer_class=FixedRollout
+    )
+    scored = []
+    score = trainer.teacher.score
+    trainer.teacher.score = lambda prompts, completions, top_k: (
+        scored.append(completions) or score(prompts, completions, top_k)
+    )
+    expected = trainer.completions(4)  # 2 prompts x 2 rollouts
+    before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+
+    trainer.train()
+    assert trainer.calls == 1 and scored == [expected]  # the teacher scored exactly those completions
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters() if v.requires_grad)
+    logs = trainer.state.log_history[0]
+    assert logs["completions/mean_length"] == pytest.approx(sum(map(len, expected)) / 4)
+    assert logs["kl"] > 0 and logs["time/teacher_s"] > 0
+    assert "rollout/tokens_per_second" not in logs  # logged by the default rollout only
+
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions([{"prompt": p, "candidates": ["a", "b"]} for p in PROMPTS[:2]])
+    width = max(map(len, expected))
+    assert batch["completion_ids"].shape == (4, width)
+    for row, ids in enumerate(expected):
+        assert batch["completion_ids"][row, : len(ids)].tolist() == ids
+        assert batch["loss_mask"][row].tolist() == [1] * len(ids) + [0] * (width - len(ids))
+        assert (batch["commit_step"][row, : len(ids)] == 0).all() and (
+            batch["commit_step"][row, len(ids) :] == -1
+        ).all()
+        assert torch.isfinite(batch["teacher_token_logprobs"][row, : len(ids)]).all()
+        assert (batch["teacher_topk_logprobs"][row, len(ids) :] == float("-inf")).all()
+    # the valid rate is read from the completions decoded by the trainer (the rollout returned no texts)
+    assert trainer._metrics["eval"]["valid_rate"] == [0.5]
+
+
+class WrongCount(OnPolicyDistillTrainer):
+    def rollout(self, prompts):
+        return {"completion_ids": [[1, 2]] * (len(prompts) + 1)}
+
+
+class WrongSteps(OnPolicyDistillTrainer):
+    def rollout(self, prompts):
+        return {"completion_ids": [[1, 2]] * len(prompts), "commit_step": [[0]] * len(prompts)}
+
+
+@pytest.mark.parametrize(
+    "trainer_class,match", [(WrongCount, "returned 5 completions for 4 prompts"), (WrongSteps, "'commit_step'")]
+)
+def test_rollout_override_with_inconsistent_output_is_refused(tmp_path, tokenizer, trainer_class, match):
+    trainer = make_trainer(tmp_path, make_teacher(tokenizer), tokenizer, trainer_class=trainer_class)
+    with pytest.raises(ValueError, match=match):
+        rollouts(trainer)

@@ -1,14 +1,18 @@
+import dataclasses
 import random
 
 import pytest
 import torch
 from datasets import Dataset
+from trl import TrlParser
 
 from dgr2_trl.modeling import get_block_diffusion_settings, tiny_causal_lm
 from dgr2_trl.rewards import default_rl_reward
 from dgr2_trl.tokenization import train_chat_tokenizer
 from dgr2_trl.trainers.diffusion_grpo_config import DiffusionGRPOConfig
-from dgr2_trl.trainers.diffusion_grpo_trainer import DiffusionGRPOTrainer
+from dgr2_trl.trainers.diffusion_grpo_trainer import DiffusionGRPOTrainer, _pad_rows
+from dgr2_trl.trainers.opd_config import OnPolicyDistillConfig
+from dgr2_trl.trainers.rollout_config import BlockRolloutArguments
 
 
 ITEM_TOKENS = [f"<i_{i}>" for i in range(12)]
@@ -160,3 +164,61 @@ def test_config_refuses_vllm_and_bad_values(tmp_path):
         DiffusionGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, use_vllm=True)
     with pytest.raises(ValueError, match="replay_merge_steps"):
         DiffusionGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, replay_merge_steps=0)
+
+
+# ------------------------------------------------------------------------------ rollout settings shared with OPD
+ROLLOUT_FIELDS = ("block_size", "threshold", "max_steps_per_block", "fallback")
+
+
+def test_rollout_fields_are_one_shared_declaration():
+    """Both configs take the rollout fields from BlockRolloutArguments: same names, types, defaults and help."""
+    shared = {f.name: f for f in dataclasses.fields(BlockRolloutArguments)}
+    assert tuple(shared) == ROLLOUT_FIELDS
+    for config in (DiffusionGRPOConfig, OnPolicyDistillConfig):
+        assert issubclass(config, BlockRolloutArguments)
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        for name, field in shared.items():
+            assert fields[name].default == field.default, (config.__name__, name)
+            assert fields[name].metadata["help"] == field.metadata["help"], (config.__name__, name)
+            assert fields[name].type == field.type, (config.__name__, name)
+        # documented once, in BlockRolloutArguments' docstring (TRL's "Parameters:" format), not again per config
+        assert all(f"    {name} (`" not in config.__doc__ for name in ROLLOUT_FIELDS), config.__name__
+    assert all(f"    {name} (`" in BlockRolloutArguments.__doc__ for name in ROLLOUT_FIELDS)
+
+
+@pytest.mark.parametrize("config", [DiffusionGRPOConfig, OnPolicyDistillConfig])
+def test_trl_parser_lists_each_rollout_field_once(tmp_path, config):
+    parser = TrlParser((config,))
+    options = [option for action in parser._actions for option in action.option_strings]
+    for name in ROLLOUT_FIELDS:
+        assert options.count(f"--{name}") == 1, name
+    assert "Confidence threshold of the block sampler" in parser.format_help()
+    (args,) = parser.parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", "--threshold", "0.5", "--block_size", "4"]
+        + ["--fallback", "leftmost", "--max_steps_per_block", "3"]
+    )
+    assert (args.threshold, args.block_size, args.fallback, args.max_steps_per_block) == (0.5, 4, "leftmost", 3)
+    (default,) = parser.parse_args_and_config(["--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none"])
+    assert (default.threshold, default.block_size, default.fallback, default.max_steps_per_block) == (
+        0.9,
+        None,
+        "confidence",
+        None,
+    )
+
+
+@pytest.mark.parametrize("config", [DiffusionGRPOConfig, OnPolicyDistillConfig])
+@pytest.mark.parametrize(
+    "field,value",
+    [("block_size", 0), ("block_size", 2.0), ("threshold", 1.5), ("max_steps_per_block", 0), ("fallback", "random")],
+)
+def test_bad_rollout_setting_names_the_config_and_the_field(tmp_path, config, field, value):
+    with pytest.raises(ValueError, match=rf"^{config.__name__}: {field} must be"):
+        config(output_dir=str(tmp_path), use_cpu=True, report_to="none", **{field: value})
+
+
+def test_replay_rows_are_padded_to_exactly_the_completion_width():
+    rows = [[1, 2, 3], [], [4]]
+    assert _pad_rows(rows, 5, -1, "cpu").tolist() == [[1, 2, 3, -1, -1], [-1] * 5, [4, -1, -1, -1, -1]]
+    assert _pad_rows(rows, 2, -1, "cpu").tolist() == [[1, 2], [-1, -1], [4, -1]]  # longer rows cut
+    assert _pad_rows([[], []], 0, 7, "cpu").tolist() == [[7], [7]]  # never zero columns

@@ -1,5 +1,6 @@
 """Checks the trainers run at construction, so bad input fails there with an error that names it, not at the first
-step with a raw TypeError or KeyError (or, worse, not at all)."""
+step with a raw TypeError or KeyError (or, worse, not at all). The rollout settings of the OPD and GRPO configs are
+checked by their shared `BlockRolloutArguments` (rollout_config.py)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,11 @@ import math
 
 from datasets import Dataset
 
-from ..samplers.block_diffusion import FALLBACKS
-from ..samplers.common import check_steps_per_block, check_threshold, encode_prompts
+from ..samplers.common import encode_prompts
 
 
 # prompts tokenised per call when their lengths are checked
 _CHUNK = 512
-
-
-def check_rollout_settings(config) -> None:
-    """The rollout fields the OPD and GRPO configs share, checked as the sampler checks them, so that a bad value
-    fails when the config is built rather than at the first rollout."""
-    block_size = config.block_size
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be None (the model's own) or an integer >= 1, got {block_size!r}")
-    check_threshold(config.threshold)
-    check_steps_per_block(config.max_steps_per_block)
-    if config.fallback not in FALLBACKS:
-        raise ValueError(f"fallback must be one of {FALLBACKS}, got {config.fallback!r}")
-    length = config.max_completion_length
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(
-            f"max_completion_length must be an integer >= 1 (the rollout budget in tokens), got {length!r}"
-        )
 
 
 def check_padding_tokens(tokenizer, eos_token: str | None = None) -> None:

@@ -6,39 +6,35 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .checks import check_rollout_settings
+from .rollout_config import BlockRolloutArguments
 
 
 @dataclass
-class DiffusionGRPOConfig(GRPOConfig):
-    """`trl.GRPOConfig` plus the block-diffusion rollout and replay settings.
+class DiffusionGRPOConfig(BlockRolloutArguments, GRPOConfig):
+    r"""
+    Configuration of [`DiffusionGRPOTrainer`]: every [`trl.GRPOConfig`] field (TRL 1.16), the rollout settings of
+    [`BlockRolloutArguments`] (`block_size`, `threshold`, `max_steps_per_block`, `fallback`, shared with
+    [`OnPolicyDistillConfig`]), plus the replay settings below. `block_size` also sets the block size a plain AR
+    model is converted with (32 when `None`). `use_vllm` must stay False: vLLM cannot serve a block-diffusion
+    student.
 
-    TRL's defaults already match the method: `loss_type="dapo"` (token-level), `epsilon=0.2`, `num_generations=8`,
-    `beta=0.0` (no KL term; set it > 0 to add one against a reference model). `use_vllm` must stay False: vLLM
-    cannot serve a block-diffusion student.
+    Changed defaults: none. TRL's defaults already match the method: `loss_type="dapo"` (token-level),
+    `epsilon=0.2`, `num_generations=8`, `beta=0.0` (no KL term; set it > 0 to add one against a reference model);
+    the rollout settings keep [`BlockRolloutArguments`]' defaults.
+
+    Parameters:
+        replay_merge_steps (`int`, defaults to `1`):
+            Denoising steps whose tokens trajectory replay scores in one forward pass, all in the state of the first
+            of them. `1` is exact; larger values cost fewer passes but are biased.
+        drop_zero_advantage_groups (`bool`, defaults to `True`):
+            Leave completions with advantage exactly 0 out of the loss and of the DAPO token count (DAPO's dynamic
+            sampling).
+        mask_token (`str`, defaults to `"<|mask|>"`):
+            Mask token added when a plain AR model is converted.
+        rollout_seed (`int`, *optional*):
+            Seed of the rollout sampler's generator, re-seeded with the global step. `None`: `seed`.
     """
 
-    block_size: int | None = field(
-        default=None,
-        metadata={"help": "Block size for rollouts and replay. None: the converted model's own block size."},
-    )
-    threshold: float = field(
-        default=0.9,
-        metadata={
-            "help": "Confidence threshold of the block sampler: each step commits every masked position whose "
-            "probability is >= threshold, plus the most confident one."
-        },
-    )
-    max_steps_per_block: int | None = field(
-        default=None, metadata={"help": "Optional cap on denoising steps per block during rollouts."}
-    )
-    fallback: str = field(
-        default="confidence",
-        metadata={
-            "help": "What a rollout step commits when no masked position reaches the threshold: the most "
-            "confident one ('confidence', the paper's rule) or the leftmost one ('leftmost')."
-        },
-    )
     replay_merge_steps: int = field(
         default=1,
         metadata={
@@ -69,15 +65,11 @@ class DiffusionGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        super().__post_init__()  # GRPOConfig's checks, then the rollout settings' (BlockRolloutArguments)
         if self.use_vllm:
             raise ValueError(
                 "DiffusionGRPOConfig: use_vllm=True is not supported: vLLM cannot run a block-diffusion "
                 "student; rollouts use dgr2_trl's BlockDiffusionSampler"
             )
-        try:
-            check_rollout_settings(self)
-        except ValueError as error:
-            raise ValueError(f"DiffusionGRPOConfig: {error}") from None
         if self.replay_merge_steps < 1:
             raise ValueError(f"DiffusionGRPOConfig: replay_merge_steps must be >= 1, got {self.replay_merge_steps}")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from trl import GRPOTrainer
+from trl.trainer.utils import pad
 
 from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs
 from ..modeling.conversion import DEFAULT_BLOCK_SIZE, ensure_custom_mask_support
@@ -36,12 +38,14 @@ REPLAY_KEYS = ("commit_step", "trailing_ids", "trailing_commit_step")
 
 
 def _pad_rows(rows: list[list[int]], width: int, value: int, device) -> torch.Tensor:
-    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long, device=device)
-    for i, row in enumerate(rows):
-        row = row[:width]
-        if row:
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
-    return out
+    """`rows`, cut to `width` tokens, right-padded with `value` (TRL's `pad`) into exactly `max(width, 1)` columns."""
+    columns = max(width, 1)
+    if not rows:
+        return torch.full((0, columns), value, dtype=torch.long, device=device)
+    padded = pad([torch.tensor(row[:width], dtype=torch.long, device=device) for row in rows], padding_value=value)
+    # `pad` stops at the longest row; the replay tensors are indexed column for column with TRL's completion
+    # tensors (`width` = their width), so the remainder is padded explicitly
+    return F.pad(padded, (0, columns - padded.shape[1]), value=value)
 
 
 class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin, GRPOTrainer):
@@ -179,10 +183,10 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
 
     def _replay_tensors(self, replay: dict, width: int, device) -> dict:
         tail = max([len(t) for t in replay["trailing_ids"]] + [1])
-        pad = self.processing_class.pad_token_id
+        pad_id = self.processing_class.pad_token_id
         return {
             "commit_step": _pad_rows(replay["commit_step"], width, -1, device),
-            "trailing_ids": _pad_rows(replay["trailing_ids"], tail, pad, device),
+            "trailing_ids": _pad_rows(replay["trailing_ids"], tail, pad_id, device),
             "trailing_commit_step": _pad_rows(replay["trailing_commit_step"], tail, -1, device),
         }
 

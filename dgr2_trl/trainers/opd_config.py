@@ -7,27 +7,26 @@ from dataclasses import dataclass, field
 from trl import DistillationConfig
 
 from ..teachers.distill_loss import DIVERGENCES
-from .checks import check_rollout_settings
+from .rollout_config import BlockRolloutArguments
 
 
 @dataclass
-class OnPolicyDistillConfig(DistillationConfig):
+class OnPolicyDistillConfig(BlockRolloutArguments, DistillationConfig):
     r"""
-    Configuration of [`OnPolicyDistillTrainer`]: every [`trl.DistillationConfig`] field (TRL 1.16), plus the ones
-    below. Inherited fields with an OPD meaning: `temperature` (rollout sampling temperature; the loss itself always
-    compares temperature-1 distributions), `max_completion_length` (max new tokens per rollout),
-    `teacher_model_name_or_path` (an in-process teacher loaded from a path). The inherited `beta` is not used:
-    `divergence` picks the loss. `use_vllm` must stay False (vLLM cannot serve a block-diffusion student; the
-    teacher may be served by vLLM through `teacher_url`).
+    Configuration of [`OnPolicyDistillTrainer`]: every [`trl.DistillationConfig`] field (TRL 1.16), the rollout
+    settings of [`BlockRolloutArguments`] (`block_size`, `threshold`, `max_steps_per_block`, `fallback`, shared with
+    [`DiffusionGRPOConfig`]), plus the ones below. Inherited fields with an OPD meaning: `temperature` (rollout
+    sampling temperature; the loss itself always compares temperature-1 distributions), `max_completion_length`
+    (max new tokens per rollout), `teacher_model_name_or_path` (an in-process teacher loaded from a path). The
+    inherited `beta` is not used: `divergence` picks the loss. `use_vllm` must stay False (vLLM cannot serve a
+    block-diffusion student; the teacher may be served by vLLM through `teacher_url`).
+
+    Changed defaults: none (TRL's fields keep `DistillationConfig`'s defaults, the rollout settings
+    [`BlockRolloutArguments`]').
 
     Parameters:
         num_rollouts_per_prompt (`int`, defaults to 4): student rollouts per prompt; a micro-batch of
             `per_device_train_batch_size` prompts trains on that many times more completions.
-        block_size (`int`, *optional*): block size of the rollouts (and of their replay); default: the model's.
-        threshold (`float`, defaults to 0.9): confidence threshold of the block sampler.
-        max_steps_per_block (`int`, *optional*): cap on denoising steps per block.
-        fallback (`str`, defaults to `"confidence"`): which masked position a step commits when none reaches the
-            threshold: the most confident (`"confidence"`) or the leftmost (`"leftmost"`).
         teacher_top_k (`int`, defaults to 20): teacher log-probs kept per token; the rest of its mass forms one tail
             bucket.
         divergence (`str`, defaults to `"forward_kl"`): `"forward_kl"` = KL(teacher || student), `"reverse_kl"` =
@@ -43,15 +42,6 @@ class OnPolicyDistillConfig(DistillationConfig):
     """
 
     num_rollouts_per_prompt: int = field(default=4, metadata={"help": "Student rollouts per prompt."})
-    block_size: int | None = field(default=None, metadata={"help": "Rollout block size (default: the model's)."})
-    threshold: float = field(default=0.9, metadata={"help": "Block sampler confidence threshold."})
-    max_steps_per_block: int | None = field(default=None, metadata={"help": "Cap on denoising steps per block."})
-    fallback: str = field(
-        default="confidence",
-        metadata={
-            "help": "Commit when no position reaches the threshold: 'confidence' (most confident) or 'leftmost'."
-        },
-    )
     teacher_top_k: int = field(default=20, metadata={"help": "Teacher top-k log-probs per token (+ a tail bucket)."})
     divergence: str = field(default="forward_kl", metadata={"help": f"One of {DIVERGENCES}."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Teacher-side weight of the JSD mixture."})
@@ -62,8 +52,7 @@ class OnPolicyDistillConfig(DistillationConfig):
     teacher_batch_size: int = field(default=32, metadata={"help": "Sequences per teacher call."})
 
     def __post_init__(self):
-        super().__post_init__()
-        check_rollout_settings(self)
+        super().__post_init__()  # DistillationConfig's checks, then the rollout settings' (BlockRolloutArguments)
         if self.num_rollouts_per_prompt < 1:
             raise ValueError(f"num_rollouts_per_prompt must be >= 1, got {self.num_rollouts_per_prompt}")
         if self.divergence not in DIVERGENCES:

@@ -2,11 +2,18 @@
 
 Written against TRL 1.16.0. Of `trl.DistillationTrainer` it keeps the whole training loop (generation-batch
 dataloader with `RepeatSampler`, `_prepare_inputs` buffering one generation per gradient-accumulation window,
-metric averaging in `log`, checkpointing) and overrides two seams:
+metric averaging in `log`, checkpointing) and fills the base's generation seam, `_generate_and_score_completions`,
+with two public seams of its own, the ones a subclass overrides:
 
-- `_generate_and_score_completions(inputs) -> dict`: rollouts by `BlockDiffusionSampler` (the student's own decoding,
-  `num_rollouts_per_prompt` per prompt), then the teacher's top-k log-probs of those tokens, computed once per
-  trajectory without grad (in-process HF model or vLLM server, see `dgr2_trl.teachers`);
+- `rollout(prompts) -> dict`: the student's completions, decoded by `BlockDiffusionSampler` (its own decoding,
+  `num_rollouts_per_prompt` per prompt), with each token's denoising step for the replay; override it to change how
+  completions are produced (as `DiffusionGRPOTrainer.rollout`);
+- `score_with_teacher(prompt_ids, completion_ids, width) -> dict`: the teacher's top-k log-probs of those tokens,
+  computed once per trajectory without grad (in-process HF model or vLLM server, see `dgr2_trl.teachers`).
+
+`_generate_and_score_completions` only composes them: it pads the rollout into the batch tensors, times both steps
+and logs the generation metrics. The loss is a further override of the base:
+
 - `compute_loss`: per-token divergence between the teacher's top-k + tail bucket and the student's distribution on
   the same buckets, read in the state in which the student committed each token (trajectory replay), averaged over
   the completion tokens of the whole generation batch (like the base, so gradient accumulation = one large batch).
@@ -17,10 +24,13 @@ metric averaging in `log`, checkpointing) and overrides two seams:
 from __future__ import annotations
 
 import time
+from math import inf
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 from trl import DistillationTrainer
+from trl.trainer.utils import pad
 
 from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
@@ -50,7 +60,9 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
             fits the student's `max_position_embeddings`.
         processing_class: the student's tokenizer (with its mask token); it needs a pad or an eos token.
 
-    The student's attention is probed once at construction: a backend that ignores the block mask is refused.
+    A subclass overrides `rollout` (how completions are produced) or `score_with_teacher` (how they are scored);
+    `_generate_and_score_completions` composes the two. The student's attention is probed once at construction: a
+    backend that ignores the block mask is refused.
     `train(resume_from_checkpoint=True)` skips checkpoints a killed save left incomplete.
     """
 
@@ -143,14 +155,21 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         teacher_model.requires_grad_(False)
         return InProcessTeacher(teacher_model, teacher_tokenizer, batch_size=args.teacher_batch_size)
 
-    # ---- rollouts + teacher scores (the base's generation seam) -------------------------------------------------
-    def _generate_and_score_completions(self, inputs):
-        mode = "train" if self.model.training else "eval"
-        device = self.accelerator.device
-        n = self.args.num_rollouts_per_prompt
-        examples = [example for example in inputs for _ in range(n)]
-        prompts = [example["prompt"] for example in examples]
+    # ---- the seams a subclass overrides: rollouts, teacher scores ----------------------------------------------
+    def rollout(self, prompts: list) -> dict:
+        """Decode one completion per prompt with the student's `BlockDiffusionSampler`; override to change how
+        completions are produced (the teacher then scores, and the loss trains on, whatever this returns).
 
+        Returns a dict of per-prompt lists, in the order of `prompts` (the trainer encodes the prompts itself):
+
+        - `completion_ids` (required): each completion's tokens, up to and including its EOS: what the teacher scores
+          and the loss covers;
+        - `commit_step`: each of those tokens' denoising step (trajectory replay reads the student in the state the
+          token was committed in); without it every token is replayed in its fully masked block state;
+        - `trailing_ids`, `trailing_commit_step`: the tokens the sampler committed after the EOS in the last block,
+          and their steps (replayed as context, outside the loss); none without them;
+        - `texts`: the decoded completions (for the logged valid rate); without them, `completion_ids` decoded.
+        """
         start = time.perf_counter()
         # the unwrapped student (full parameters under ZeRO-3/FSDP), no grad: rollouts are never differentiated
         with generation_model(self) as student:
@@ -166,55 +185,118 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
             out = sampler.generate(
                 prompts, max_new_tokens=self.args.max_completion_length, temperature=self.args.temperature
             )
-        rollout_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["rollout/tokens_per_second"].append(out.num_generated_tokens / max(seconds, 1e-9))
+        metrics["rollout/forward_passes_per_token"].append(out.forward_passes_per_token)
+        return {
+            "completion_ids": out.completion_ids,
+            "commit_step": out.commit_step,
+            "trailing_ids": out.trailing_ids,
+            "trailing_commit_step": out.trailing_commit_step,
+            "texts": out.texts,
+        }
 
+    def score_with_teacher(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], width: int) -> dict:
+        """The teacher's `args.teacher_top_k` log-probs (and ids) of each completion token and its log-prob of the
+        token itself, without grad, right-padded to `width` columns: `teacher_topk_logprobs` `(B, width, k)` (padded
+        with -inf), `teacher_topk_ids` `(B, width, k)` (0), `teacher_token_logprobs` `(B, width)` (0)."""
+        scores = self.teacher.score(prompt_ids, completion_ids, top_k=self.args.teacher_top_k)
+        # The teacher pads to the longest completion it scored; the batch is `width` columns wide (the completion
+        # tensors', trailing tokens included), so the remaining columns are padded explicitly.
+        extra = width - scores.token_logprobs.shape[1]
+        return {
+            "teacher_topk_logprobs": F.pad(
+                scores.topk_logprobs.to("cpu", torch.float32), (0, 0, 0, extra), value=-inf
+            ),
+            "teacher_topk_ids": F.pad(scores.topk_ids.to("cpu", torch.long), (0, 0, 0, extra), value=0),
+            "teacher_token_logprobs": F.pad(scores.token_logprobs.to("cpu", torch.float32), (0, extra), value=0.0),
+        }
+
+    # ---- the base's generation seam, composed of the two above ------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        examples = [example for example in inputs for _ in range(self.args.num_rollouts_per_prompt)]
+        prompts = [example["prompt"] for example in examples]
+
+        start = time.perf_counter()
+        rollout = self.rollout(prompts)
+        rollout_s = time.perf_counter() - start
         prompt_ids, prompt_mask = encode_prompts(self._tokenizer, prompts, device)
-        rows = [c + t for c, t in zip(out.completion_ids, out.trailing_ids)]
-        steps = [c + t for c, t in zip(out.commit_step, out.trailing_commit_step)]
-        width = max(1, max(len(r) for r in rows))
-        completion_ids = torch.full((len(rows), width), self._tokenizer.pad_token_id, dtype=torch.long)
-        completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
-        loss_mask = torch.zeros(len(rows), width, dtype=torch.long)
-        commit_step = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, (row, step, kept) in enumerate(zip(rows, steps, out.completion_ids)):
-            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            commit_step[i, : len(row)] = torch.tensor(step, dtype=torch.long)
-            completion_mask[i, : len(row)] = 1
-            loss_mask[i, : len(kept)] = 1
+        completions = self._completion_tensors(rollout, len(prompts))
 
         start = time.perf_counter()
         prompt_lists = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-        scores = self.teacher.score(prompt_lists, out.completion_ids, top_k=self.args.teacher_top_k)
+        width = completions["completion_ids"].shape[1]
+        teacher = self.score_with_teacher(prompt_lists, rollout["completion_ids"], width)
         teacher_s = time.perf_counter() - start
-        k = scores.topk_logprobs.shape[-1]
-        topk_logprobs = torch.full((len(rows), width, k), float("-inf"))
-        topk_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
-        token_logprobs = torch.zeros(len(rows), width)
-        t = scores.topk_logprobs.shape[1]
-        topk_logprobs[:, :t], topk_ids[:, :t], token_logprobs[:, :t] = (
-            scores.topk_logprobs,
-            scores.topk_ids,
-            scores.token_logprobs,
-        )
 
+        num_items = self._log_generation(
+            mode, examples, rollout, prompt_mask, completions, teacher, rollout_s, teacher_s
+        )
+        # The base splits this dict along dim 0 into gradient-accumulation chunks, sized by the first tensor.
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
+        batch.update({key: value.to(device) for key, value in {**completions, **teacher}.items()})
+        batch["num_items_in_batch"] = num_items
+        return batch
+
+    def _completion_tensors(self, rollout: dict, num_rows: int) -> dict:
+        """A rollout's completions, each followed by its trailing tokens, as right-padded `(B, R)` tensors (on CPU):
+        `completion_ids`, `completion_mask` (real tokens, trailing ones included), `loss_mask` (the completion
+        tokens) and `commit_step` (-1 on padding)."""
+        kept = rollout["completion_ids"]
+        if len(kept) != num_rows:
+            raise ValueError(f"rollout() returned {len(kept)} completions for {num_rows} prompts")
+        steps = rollout.get("commit_step") or [[0] * len(row) for row in kept]
+        trailing = rollout.get("trailing_ids") or [[] for _ in kept]
+        trailing_steps = rollout.get("trailing_commit_step") or [[] for _ in kept]
+        for name, values, reference in (
+            ("commit_step", steps, kept),
+            ("trailing_commit_step", trailing_steps, trailing),
+        ):
+            lengths = [len(v) for v in values]
+            if lengths != [len(r) for r in reference]:
+                raise ValueError(f"rollout()['{name}'] has rows of lengths {lengths}, not those of its token rows")
+        rows = [torch.tensor(c + t, dtype=torch.long) for c, t in zip(kept, trailing)]
+        row_steps = [torch.tensor(s + t, dtype=torch.long) for s, t in zip(steps, trailing_steps)]
+        completion_ids = pad(rows, padding_value=self._tokenizer.pad_token_id)
+        commit_step = pad(row_steps, padding_value=-1)
+        # `pad` stops at the longest row: an all-empty batch still gets one (padding) column, as the replay expects
+        extra = max(1, completion_ids.shape[1]) - completion_ids.shape[1]
+        completion_ids = F.pad(completion_ids, (0, extra), value=self._tokenizer.pad_token_id)
+        commit_step = F.pad(commit_step, (0, extra), value=-1)
+        columns = torch.arange(completion_ids.shape[1])
+        return {
+            "completion_ids": completion_ids,
+            "completion_mask": (columns < torch.tensor([len(r) for r in rows])[:, None]).long(),
+            "loss_mask": (columns < torch.tensor([len(c) for c in kept])[:, None]).long(),
+            "commit_step": commit_step,
+        }
+
+    def _log_generation(self, mode, examples, rollout, prompt_mask, completions, teacher, rollout_s, teacher_s):
+        """Log the generation batch's metrics, summed over all processes in one collective (so they describe the
+        whole generation batch); returns the batch's completion-token count over all processes (the loss
+        denominator)."""
+        device = self.accelerator.device
+        loss_mask = completions["loss_mask"].bool()
         num_tokens = int(loss_mask.sum())
         has_candidates = bool(examples) and "candidates" in examples[0]
-        valid = (
-            [parse_ranking(t, ex["candidates"]).valid for t, ex in zip(out.texts, examples)] if has_candidates else []
-        )
-        # Sums over all processes, in one collective: the logged metrics describe the whole generation batch.
+        valid = []
+        if has_candidates:
+            texts = rollout.get("texts")
+            if texts is None:
+                texts = self._tokenizer.batch_decode(rollout["completion_ids"], skip_special_tokens=True)
+            valid = [parse_ranking(text, ex["candidates"]).valid for text, ex in zip(texts, examples)]
         local = [
             num_tokens,
-            len(rows),
-            float(token_logprobs[loss_mask.bool()].sum()),
+            len(loss_mask),
+            float(teacher["teacher_token_logprobs"][loss_mask].sum()),
             sum(valid),
             int(prompt_mask.sum()),
         ]
         totals = self.accelerator.gather(torch.tensor([local], dtype=torch.float64, device=device)).sum(0).tolist()
-        num_items = torch.tensor(totals[0], dtype=torch.float32, device=device)
         metrics = self._metrics[mode]
-        metrics["rollout/tokens_per_second"].append(out.num_generated_tokens / max(rollout_s, 1e-9))
-        metrics["rollout/forward_passes_per_token"].append(out.forward_passes_per_token)
         metrics["time/rollout_s"].append(rollout_s)
         metrics["time/teacher_s"].append(teacher_s)
         metrics["teacher/tokens_per_second"].append(num_tokens / max(teacher_s, 1e-9))
@@ -225,20 +307,7 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         if mode == "train":
             self.state.num_input_tokens_seen += int(totals[4] + totals[0])
             self._generation_seconds += rollout_s + teacher_s
-
-        # The base splits this dict along dim 0 into gradient-accumulation chunks, sized by the first tensor.
-        return {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids.to(device),
-            "completion_mask": completion_mask.to(device),
-            "loss_mask": loss_mask.to(device),
-            "commit_step": commit_step.to(device),
-            "teacher_topk_logprobs": topk_logprobs.to(device),
-            "teacher_topk_ids": topk_ids.to(device),
-            "teacher_token_logprobs": token_logprobs.to(device),
-            "num_items_in_batch": num_items,
-        }
+        return torch.tensor(totals[0], dtype=torch.float32, device=device)
 
     # ---- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
