@@ -98,6 +98,7 @@ REQUIREMENTS = (
     Requirement("trl.distributed:DistributedBackend", "is_zero3"),
     Requirement("trl.distributed:DistributedBackend", "summon_full_params", params=("self", "module")),
     Requirement("trl.trainer.utils", "create_model_from_path", params=("model_id", "architecture")),
+    Requirement("trl.trainer.utils", "pad", params=("tensors", "padding_value", "padding_side")),
     # transformers: the attention backend (which mask form it honours) and the decoder's cache keyword
     Requirement("transformers:PreTrainedConfig", "_attn_implementation"),
     *(
