@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import numbers
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,19 @@ from .split import Query, leave_one_out_split, training_queries
 
 
 logger = logging.getLogger(__name__)
+
+
+class _Progress:
+    """One log line per finished phase of the data build, with the seconds since the start (a build of the
+    bundled data takes tens of seconds)."""
+
+    def __init__(self, num_users: int):
+        self.start = time.perf_counter()
+        logger.info("building the re-ranking datasets from %d users", num_users)
+
+    def __call__(self, what: str) -> None:
+        logger.info("data: %s (%.1fs)", what, time.perf_counter() - self.start)
+
 
 INSERT_POSITIONS = ("empirical", "last", "uniform")
 TARGET_ORDERS = ("preranker", "feature_ranker", "evidence_score")
@@ -287,6 +301,7 @@ def build_rerank_datasets(
         data = load_amazon_beauty()
     elif not isinstance(data, SequenceData):
         data = load_sequence_data(data)
+    progress = _Progress(len(data.sequences))
     rng = random.Random(seed)
     split = leave_one_out_split(data.sequences, data.user_ids)
     catalogue = sorted(data.titles)
@@ -317,6 +332,7 @@ def build_rerank_datasets(
     use_evidence = "evidence" in (prompt_style, trace_style) or target_order == "feature_ranker"
     evidence_model = EvidenceModel(seed=seed).fit(split.train, data.titles) if use_evidence else None
 
+    progress("pre-ranker and item ids fitted" + (", evidence statistics fitted" if use_evidence else ""))
     # --- training queries -----------------------------------------------------------------------------------
     train_queries = _sample(training_queries(split, data.user_ids, train_positions_per_user), max_train_queries, rng)
     train_ranked, train_cands, train_cand_scores, train_inserted = [], [], [], []
@@ -349,6 +365,7 @@ def build_rerank_datasets(
         train_inserted.append(was_inserted)
     stats["train"]["num_inserted"] = inserted
 
+    progress(f"{len(train_queries)} training queries ranked")
     # --- evaluation queries ---------------------------------------------------------------------------------
     # evaluation samples get their own generator, so they do not move when the training settings change
     eval_rng = random.Random(seed + 1_000_003)
@@ -364,6 +381,7 @@ def build_rerank_datasets(
         eval_pairs[name] = _sample(triples, max_eval_queries, eval_rng)
         stats[name]["num_kept"] = len(eval_pairs[name])
 
+    progress("validation and test queries ranked")
     # --- evidence and the feature ranker --------------------------------------------------------------------
     evidence = dict.fromkeys(("train", "validation", "test"))
     orders, anchor, score_rows = dict(evidence), dict(evidence), dict(evidence)
@@ -413,6 +431,9 @@ def build_rerank_datasets(
                 "num_fit_queries": int(len(fit)),
             }
 
+    if use_evidence:
+        progress("evidence levels and the feature ranker fitted")
+
     def rows(name, queries, cand_lists, inserted_flags):
         out = [
             _row(
@@ -445,6 +466,7 @@ def build_rerank_datasets(
         name: Dataset.from_list(rows(name, [t[0] for t in triples], [t[1] for t in triples], [False] * len(triples)))
         for name, triples in eval_pairs.items()
     }
+    progress("prompts and completions written")
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(
