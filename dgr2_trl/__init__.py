@@ -21,6 +21,7 @@ _TRAINERS = {
     "DiffusionSFTTrainer",
     "OnPolicyDistillConfig",
     "OnPolicyDistillTrainer",
+    "ValidRateCallback",
 }
 
 
@@ -43,6 +44,7 @@ __all__ = [
     "DiffusionSFTTrainer",
     "OnPolicyDistillConfig",
     "OnPolicyDistillTrainer",
+    "ValidRateCallback",
     "GenerationOutput",
     "convert_to_block_diffusion",
     "get_block_diffusion_settings",

@@ -12,8 +12,8 @@ command line (or in a `--config` YAML file):
     python examples/cft.py --save_strategy steps --save_steps 50         # checkpoints every 50 steps, then:
     python examples/cft.py --resume_from_checkpoint outputs/cft/checkpoint-50
 
-Logs the loss, `mask_ratio`, the evaluation (`eval_loss`, `eval_valid_rate`; printed and saved to
-`eval_results.json`) and the block-diffusion validation metrics (`valid_rate`, R@1, ...) of the naive conversion
+Logs the loss, `mask_ratio`, the evaluation (`eval_loss`, and `eval_valid_rate` from a `ValidRateCallback` on the
+first `--valid_rate_num_prompts` eval prompts, 0 to skip it; printed and saved to `eval_results.json`) and the block-diffusion validation metrics (`valid_rate`, R@1, ...) of the naive conversion
 (before training, `naive_conversion_results.json`) and of the fine-tuned model (`cft_results.json`); saves model (or
 LoRA adapter) + tokenizer, with the block settings in `config.json`, to `output_dir`.
 """
@@ -27,24 +27,30 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from dgr2_trl.evaluation import evaluate_reranker
 from dgr2_trl.samplers import BlockDiffusionSampler
-from dgr2_trl.trainers import DiffusionSFTConfig, DiffusionSFTTrainer
+from dgr2_trl.trainers import DiffusionSFTConfig, DiffusionSFTTrainer, ValidRateCallback
 
 
 @dataclass
 class CFTScriptArguments(RerankScriptArguments):
-    """The data and small-model arguments, plus the block-diffusion evaluation run before and after training."""
+    """The data and small-model arguments, the block-diffusion evaluation run before and after training, and the
+    valid-rate probe of every evaluation (`ValidRateCallback`)."""
 
     threshold: float = field(default=0.9, metadata={"help": "Confidence threshold of the block sampler (evaluation)."})
     eval_max_new_tokens: int = field(default=256, metadata={"help": "Decoding budget of the evaluation."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together in the evaluation."})
     skip_naive_eval: bool = field(default=False, metadata={"help": "Do not evaluate the naive conversion first."})
+    valid_rate_num_prompts: int = field(
+        default=16, metadata={"help": "Eval prompts decoded at each evaluation to log eval_valid_rate (0: no probe)."}
+    )
+    valid_rate_max_new_tokens: int = field(default=256, metadata={"help": "Decoding budget of the valid-rate probe."})
+    valid_rate_threshold: float = field(default=0.9, metadata={"help": "Sampler threshold of the valid-rate probe."})
+    valid_rate_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together by the probe."})
 
 
 CPU_DEFAULTS = dict(
     output_dir="outputs/cft", per_device_train_batch_size=8, max_steps=150, learning_rate=1e-3,
     lr_scheduler_type="cosine", warmup_steps=20, logging_steps=10, save_strategy="no", report_to="none",
-    activation_checkpointing=False, max_length=1024, seed=0, block_size=16,
-    valid_rate_num_prompts=16, valid_rate_max_new_tokens=256, max_train_queries=2000,
+    activation_checkpointing=False, max_length=1024, seed=0, block_size=16, max_train_queries=2000,
 )  # fmt: skip
 
 
@@ -65,6 +71,16 @@ def main(script_args: CFTScriptArguments, training_args: DiffusionSFTConfig, mod
         model, args=training_args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )  # fmt: skip
+    if data.eval is not None and script_args.valid_rate_num_prompts > 0:
+        trainer.add_callback(
+            ValidRateCallback(
+                trainer,
+                num_prompts=script_args.valid_rate_num_prompts,
+                max_new_tokens=script_args.valid_rate_max_new_tokens,
+                threshold=script_args.valid_rate_threshold,
+                batch_size=script_args.valid_rate_batch_size,
+            )
+        )
     main_process = trainer.accelerator.is_main_process
     if main_process and data.eval is not None and not script_args.skip_naive_eval:
         naive = block_metrics(trainer, script_args, data.eval)
@@ -75,7 +91,7 @@ def main(script_args: CFTScriptArguments, training_args: DiffusionSFTConfig, mod
     trainer.accelerator.print("Training completed.")
 
     if data.eval is not None:
-        metrics = trainer.evaluate()  # eval_loss, and eval_valid_rate with valid_rate_num_prompts > 0
+        metrics = trainer.evaluate()  # eval_loss, and eval_valid_rate from the callback
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     trainer.save_model(training_args.output_dir)

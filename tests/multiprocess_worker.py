@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 from ranking_rows import ITEMS, ranking_rows  # tests/ is this script's sys.path[0]
 
-import dgr2_trl.rewards.parsing as parsing
+import dgr2_trl.rewards.functions as functions_module
 import dgr2_trl.trainers.diffusion_grpo_trainer as grpo_module
 import dgr2_trl.trainers.opd_trainer as opd_module
 from dgr2_trl.modeling import convert_to_block_diffusion, tiny_causal_lm
@@ -37,6 +37,7 @@ from dgr2_trl.trainers import (
     DiffusionSFTTrainer,
     OnPolicyDistillConfig,
     OnPolicyDistillTrainer,
+    ValidRateCallback,
 )
 
 
@@ -66,9 +67,9 @@ def rank_validity(text, candidates, *args, **kwargs):
     return result
 
 
-_parse_ranking = parsing.parse_ranking
+_parse_ranking = functions_module.parse_ranking
 BlockDiffusionSampler.generate = recording_generate
-parsing.parse_ranking = rank_validity  # the SFT valid-rate probe imports it at call time
+functions_module.parse_ranking = rank_validity  # what validity_reward, and so the SFT ValidRateCallback, calls
 opd_module.parse_ranking = rank_validity
 grpo_module.parse_ranking = rank_validity
 
@@ -141,14 +142,10 @@ class RecordingSFT(DiffusionSFTTrainer):
 def build(name: str, out: Path):
     tok = tokenizer()
     if name == "sft":
-        args = DiffusionSFTConfig(
-            **common(out, name),
-            block_size=4,
-            valid_rate_num_prompts=4,
-            valid_rate_max_new_tokens=8,
-            activation_checkpointing=False,
-        )
-        return RecordingSFT(tiny(tok), args=args, train_dataset=rows(), eval_dataset=rows(), processing_class=tok)
+        args = DiffusionSFTConfig(**common(out, name), block_size=4, activation_checkpointing=False)
+        trainer = RecordingSFT(tiny(tok), args=args, train_dataset=rows(), eval_dataset=rows(), processing_class=tok)
+        trainer.add_callback(ValidRateCallback(trainer, num_prompts=4, max_new_tokens=8))
+        return trainer
     if name == "opd":
         student, student_tok = convert_to_block_diffusion(tiny(tok), copy.deepcopy(tok), block_size=4)
         args = OnPolicyDistillConfig(

@@ -111,6 +111,9 @@ def test_help_exits_cleanly(name, capsys):
         assert "--reward_funcs" in text
     if name == "opd":
         assert "--teacher_model_name_or_path" in text and "--teacher_url" in text
+    if name == "cft":  # the valid-rate probe's options, now script arguments that build a ValidRateCallback
+        for flag in ("--valid_rate_num_prompts", "--valid_rate_max_new_tokens", "--valid_rate_threshold"):
+            assert flag in text, flag
 
 
 def test_help_as_a_script(tmp_path):
@@ -146,7 +149,8 @@ def test_two_steps_with_lora_then_resume_at_step_2(name, data_dir, teacher_dir, 
     if name == "cft":
         for metrics in ("naive_conversion", "eval", "cft"):
             assert (first / f"{metrics}_results.json").exists(), metrics
-        assert "eval_loss" in json.loads((first / "eval_results.json").read_text())
+        metrics = json.loads((first / "eval_results.json").read_text())
+        assert "eval_loss" in metrics and 0.0 <= metrics["eval_valid_rate"] <= 1.0  # the ValidRateCallback
 
     resume = ["--resume_from_checkpoint", str(first / "checkpoint-1")]
     resume += ["--skip_naive_eval"] if name == "cft" else []

@@ -80,7 +80,7 @@ def test_sft_rows_and_valid_rate_probe_are_split(ranks):
     # training rows: per_device_train_batch_size=2 on each rank, 4 distinct rows in all
     assert len(first["sample_index"]) == len(second["sample_index"]) == 2
     assert len(set(first["sample_index"]) | set(second["sample_index"])) == 4
-    # the valid-rate probe over the first 4 eval prompts: each rank decodes 2, and together all 4
+    # the ValidRateCallback over the first 4 eval prompts: each rank decodes 2, and together all 4
     assert len(first["decoded"]) == len(second["decoded"]) == 2
     assert sorted(p.split(":")[0] for p in first["decoded"] + second["decoded"]) == [f"query {k}" for k in range(4)]
     assert logged(first, "eval_valid_rate") == logged(second, "eval_valid_rate") == 0.5

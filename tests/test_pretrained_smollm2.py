@@ -139,7 +139,6 @@ def test_each_trainer_runs_a_step_on_smollm2(smollm2, tmp_path):
             output_dir=str(tmp_path / "sft"),
             per_device_train_batch_size=2,
             block_size=8,
-            valid_rate_num_prompts=0,
             activation_checkpointing=False,
             **common,
         ),

@@ -187,9 +187,15 @@ def test_rollout_settings_in_range_are_kept(tmp_path):
         assert (args.max_steps_per_block, args.threshold) == (1, 1.0)
 
 
-def test_cft_validity_probe_threshold_out_of_range_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="valid_rate_threshold"):
-        DiffusionSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", valid_rate_threshold=1.5)
+@pytest.mark.parametrize(
+    "field", ["valid_rate_num_prompts", "valid_rate_max_new_tokens", "valid_rate_threshold", "valid_rate_batch_size"]
+)
+def test_cft_validity_probe_fields_are_refused_naming_the_callback(tmp_path, field):
+    """The probe moved to `ValidRateCallback`: its former config fields fail, saying where it went, whatever value
+    (also the former "off" value 0)."""
+    with pytest.raises(TypeError, match=rf"no longer has {field}: .*ValidRateCallback\(trainer, num_prompts="):
+        DiffusionSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **{field: 0})
+    assert not hasattr(DiffusionSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"), field)
 
 
 # ------------------------------------------------------------------------------------------------ datasets

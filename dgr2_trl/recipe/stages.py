@@ -260,7 +260,6 @@ class Recipe:
             **common_args(p, self.stage_dir("cft"), p.cft_steps, p.cft_learning_rate, cpu_bf16=p.bf16_on_cpu),
             block_size=p.block_size,
             max_length=2048,
-            valid_rate_num_prompts=0,
             ar_loss_weight=p.cft_ar_loss_weight,
             answer_weight=p.cft_answer_weight,
             complementary_masking=p.cft_complementary_masking,

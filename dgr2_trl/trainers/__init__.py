@@ -8,6 +8,7 @@ check_private_symbols()
 
 # ruff: noqa: E402 (the imports below come after the check on purpose)
 
+from .callbacks import ValidRateCallback
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .diffusion_grpo_trainer import DiffusionGRPOTrainer
 from .diffusion_sft_config import DiffusionSFTConfig
@@ -25,5 +26,6 @@ __all__ = [
     "DiffusionSFTTrainer",
     "OnPolicyDistillConfig",
     "OnPolicyDistillTrainer",
+    "ValidRateCallback",
     "answer_start",
 ]

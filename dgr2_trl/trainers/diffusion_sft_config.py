@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from ..samplers.common import check_threshold
-
 
 NORMALIZATIONS = ("auto", "completion", "masked")
 SCHEDULES = ("linear", "cosine")
+# the validity probe's fields, now the arguments of `ValidRateCallback`
+REMOVED_FIELDS = frozenset(
+    {"valid_rate_num_prompts", "valid_rate_max_new_tokens", "valid_rate_threshold", "valid_rate_batch_size"}
+)
 
 
 @dataclass
@@ -68,20 +70,9 @@ class DiffusionSFTConfig(SFTConfig):
             padding too: the sampler fills the positions after an EOS with EOS, so the model learns exactly that.
             A completion truncated by `max_length` (no EOS) is left as it is.
 
-        > Validity probe (logged as `eval_valid_rate`)
-
-        valid_rate_num_prompts (`int`, *optional*, defaults to `0`):
-            At each evaluation, decode this many eval prompts with `BlockDiffusionSampler` and log the fraction whose
-            answer is a valid permutation of the `candidates` column. `0` disables it.
-        valid_rate_max_new_tokens (`int`, *optional*, defaults to `256`):
-            Decoding budget of the probe.
-        valid_rate_threshold (`float`, *optional*, defaults to `0.9`):
-            Confidence threshold of the probe's sampler.
-        valid_rate_batch_size (`int`, *optional*, defaults to `16`):
-            Prompts decoded together by the probe.
-
     > [!NOTE]
     > `packing=True` and `padding_free=True` are refused; `completion_only_loss` must be `None` or `True`.
+    > The valid-rate probe is a callback, [`ValidRateCallback`]; the former `valid_rate_*` fields are refused.
     """
 
     block_size: int | None = field(
@@ -126,12 +117,18 @@ class DiffusionSFTConfig(SFTConfig):
         default=True,
         metadata={"help": "Cut completions after the first EOS and pad them with EOS to a block multiple."},
     )
-    valid_rate_num_prompts: int = field(
-        default=0, metadata={"help": "Eval prompts decoded at each evaluation to log eval_valid_rate (0: off)."}
-    )
-    valid_rate_max_new_tokens: int = field(default=256, metadata={"help": "Decoding budget of the validity probe."})
-    valid_rate_threshold: float = field(default=0.9, metadata={"help": "Sampler threshold of the validity probe."})
-    valid_rate_batch_size: int = field(default=16, metadata={"help": "Batch size of the validity probe."})
+
+    def __new__(cls, *args, **kwargs):
+        # Called before the dataclass __init__, which would refuse these with a TypeError that does not say where
+        # the probe went.
+        removed = sorted(REMOVED_FIELDS & kwargs.keys())
+        if removed:
+            raise TypeError(
+                f"DiffusionSFTConfig no longer has {', '.join(removed)}: the valid-rate probe is a callback now. Use "
+                "trainer.add_callback(ValidRateCallback(trainer, num_prompts=..., max_new_tokens=..., threshold=..., "
+                "batch_size=...)) (from dgr2_trl.trainers); it logs eval_valid_rate at each evaluation."
+            )
+        return super().__new__(cls)
 
     def __post_init__(self):
         super().__post_init__()
@@ -176,10 +173,3 @@ class DiffusionSFTConfig(SFTConfig):
             )
         if self.loss_type != "nll":
             raise ValueError(f"loss_type={self.loss_type!r} is not supported by DiffusionSFTTrainer; use 'nll'")
-        try:
-            check_threshold(self.valid_rate_threshold)
-        except ValueError:
-            message = f"valid_rate_threshold must be a number in [0, 1], got {self.valid_rate_threshold!r}"
-            raise ValueError(message) from None
-        if self.valid_rate_num_prompts < 0 or self.valid_rate_batch_size < 1 or self.valid_rate_max_new_tokens < 1:
-            raise ValueError("valid_rate_num_prompts must be >= 0, valid_rate_batch_size and _max_new_tokens >= 1")

@@ -34,7 +34,7 @@ from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
-from .distributed import generation_model, through_wrapper
+from .distributed import through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
 
 
@@ -120,9 +120,10 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
     `model` may be a plain AR model (converted here with `args.block_size` / `args.mask_token`), an already
     converted one, or a path to either. `peft_config` trains a LoRA adapter as in `SFTTrainer`; convert the model
     before wrapping it with PEFT yourself (its attention is probed: a backend that ignores the block mask is refused).
-    Logs `loss`, `mask_ratio` (fraction of completion tokens masked) and, when `args.valid_rate_num_prompts > 0`,
-    `eval_valid_rate` at each evaluation. Rows that SFTTrainer's truncation to `max_length` drops are reported, and
-    `train(resume_from_checkpoint=True)` skips checkpoints a killed save left incomplete.
+    Logs `loss` and `mask_ratio` (fraction of completion tokens masked); `trainer.add_callback(ValidRateCallback(
+    trainer))` adds `eval_valid_rate` (valid rankings under block-diffusion decoding) at each evaluation. Rows that
+    SFTTrainer's truncation to `max_length` drops are reported, and `train(resume_from_checkpoint=True)` skips
+    checkpoints a killed save left incomplete.
     """
 
     _tag_names = ["trl", "sft", "block-diffusion", "dgr2"]
@@ -404,42 +405,8 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
 
     # ----------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """SFTTrainer's evaluation (diffusion loss with fixed per-sample noise), plus `eval_valid_rate`."""
-        eval_dataset = _with_sample_index(eval_dataset)
-        if self.args.valid_rate_num_prompts > 0:
-            source = eval_dataset if eval_dataset is not None else self.eval_dataset
-            if isinstance(eval_dataset, str):
-                source = self.eval_dataset[eval_dataset]
-            elif isinstance(source, dict):
-                source = next(iter(source.values()))
-            rate = self.valid_rate(source, self.args.valid_rate_num_prompts)
-            if rate is not None:
-                self._metrics["eval"]["valid_rate"].append(rate)
+        """SFTTrainer's evaluation: the diffusion loss with fixed per-sample noise (a dataset passed here gets the
+        row index its noise is keyed by). For `eval_valid_rate`, add a `ValidRateCallback`."""
         return super().evaluate(
-            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+            eval_dataset=_with_sample_index(eval_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
         )
-
-    @torch.no_grad()
-    def valid_rate(self, dataset, num_prompts: int) -> float | None:
-        """Fraction of the first `num_prompts` rows whose block-diffusion decoding is a valid ranking of the row's
-        `candidates` (None when the dataset has no `prompt`/`candidates` columns)."""
-        from ..rewards.parsing import parse_ranking
-        from ..samplers import BlockDiffusionSampler
-
-        if dataset is None or not {"prompt", "candidates"} <= set(dataset.column_names or []):
-            logger.warning("valid_rate needs 'prompt' and 'candidates' columns in the eval dataset; skipped")
-            return None
-        # each process decodes its own share of the rows; the counts are summed over processes
-        total = min(num_prompts, len(dataset))
-        rows = dataset.select(range(self.accelerator.process_index, total, self.accelerator.num_processes))
-        valid = 0
-        with generation_model(self) as model:
-            sampler = BlockDiffusionSampler(model, self.processing_class, threshold=self.args.valid_rate_threshold)
-            for start in range(0, len(rows), self.args.valid_rate_batch_size):
-                chunk = rows.select(range(start, min(start + self.args.valid_rate_batch_size, len(rows))))
-                texts = sampler.generate(
-                    list(chunk["prompt"]), max_new_tokens=self.args.valid_rate_max_new_tokens
-                ).texts
-                valid += sum(parse_ranking(t, c).valid for t, c in zip(texts, chunk["candidates"]))
-        valid = self.accelerator.reduce(torch.tensor(float(valid), device=self.accelerator.device), reduction="sum")
-        return valid.item() / max(total, 1)
