@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from _common import RerankScriptArguments, device_defaults, load_pretrained, load_rerank_datasets, model_init_kwargs
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from dgr2_trl.modeling import convert_to_block_diffusion, get_block_diffusion_settings
 from dgr2_trl.trainers import OnPolicyDistillConfig, OnPolicyDistillTrainer
 
 
@@ -87,9 +86,7 @@ def main(script_args: OPDScriptArguments, training_args: OnPolicyDistillConfig, 
     else:
         student, tokenizer = copy.deepcopy(teacher), copy.deepcopy(teacher_tokenizer)
     training_args.model_init_kwargs = None  # consumed: the trainer gets model objects
-    if get_block_diffusion_settings(student) is None:
-        block = {"block_size": training_args.block_size} if training_args.block_size else {}
-        student, tokenizer = convert_to_block_diffusion(student, tokenizer, **block)
+    # the trainer converts an AR student with `block_size` (and keeps a converted student's settings)
 
     columns = [c for c in ("prompt", "candidates") if c in data.train.column_names]
     trainer = OnPolicyDistillTrainer(

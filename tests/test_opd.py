@@ -6,8 +6,10 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from peft import LoraConfig, get_peft_model
 
-from dgr2_trl.modeling import convert_to_block_diffusion, replay_logprobs, tiny_causal_lm
+from dgr2_trl.modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs, tiny_causal_lm
+from dgr2_trl.samplers import BlockDiffusionSampler
 from dgr2_trl.teachers import replay_support_logprobs
 from dgr2_trl.trainers.opd_config import OnPolicyDistillConfig
 from dgr2_trl.trainers.opd_trainer import OnPolicyDistillTrainer
@@ -158,9 +160,10 @@ def test_configuration_errors(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="cannot run a block-diffusion model"):
         OnPolicyDistillConfig(output_dir=str(tmp_path), use_vllm=True, use_cpu=True)
     teacher = make_teacher(tokenizer)
-    with pytest.raises(ValueError, match="not a block-diffusion model"):
-        OnPolicyDistillTrainer(
-            copy.deepcopy(teacher),
+    ar_peft = get_peft_model(copy.deepcopy(teacher), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="the PEFT model is not a block-diffusion model: convert the base model"):
+        OnPolicyDistillTrainer(  # a plain AR student is converted; an AR one wrapped by PEFT cannot be
+            ar_peft,
             teacher,
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
             args=OnPolicyDistillConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
@@ -248,3 +251,57 @@ def test_rollout_override_with_inconsistent_output_is_refused(tmp_path, tokenize
     trainer = make_trainer(tmp_path, make_teacher(tokenizer), tokenizer, trainer_class=trainer_class)
     with pytest.raises(ValueError, match=match):
         rollouts(trainer)
+
+
+def test_an_ar_student_is_converted_and_trains_on_block_diffusion_rollouts(tmp_path, tokenizer):
+    """A plain AR student (here: the teacher's own weights) is converted by the trainer, before the base sees it, to
+    the model `convert_to_block_diffusion` makes of the same weights; its rollouts are that model's block decoding."""
+    teacher = make_teacher(tokenizer)
+    reference, reference_tok = convert_to_block_diffusion(copy.deepcopy(teacher), copy.deepcopy(tokenizer), 4)
+    student_tok = copy.deepcopy(tokenizer)
+    args = OnPolicyDistillConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_rollouts_per_prompt=2,
+        max_completion_length=16,
+        block_size=4,
+        threshold=0.3,
+        temperature=0.0,  # greedy rollouts, to compare with the reference's decoding
+        teacher_top_k=8,
+        max_steps=1,
+        learning_rate=3e-3,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        gradient_checkpointing=False,
+    )
+    trainer = OnPolicyDistillTrainer(
+        copy.deepcopy(teacher),
+        teacher,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=student_tok,
+    )
+    settings = get_block_diffusion_settings(trainer.model)
+    assert settings == get_block_diffusion_settings(reference) and settings.block_size == 4
+    assert trainer.rollout_block_size == 4 and trainer.mask_token_id == settings.mask_token_id
+    assert trainer.processing_class is student_tok and student_tok.mask_token == "<|mask|>"
+    ids = torch.tensor([[3, 17, settings.mask_token_id, 42, 5]])
+    with torch.no_grad():  # same weights (the new mask row included) and forward as the reference conversion
+        torch.testing.assert_close(trainer.model(ids).logits, reference.eval()(ids).logits, rtol=0, atol=0)
+
+    trainer.model.eval()
+    rollout = trainer.rollout(PROMPTS[:2])
+    expected = BlockDiffusionSampler(
+        reference, reference_tok, block_size=4, threshold=0.3, eos_token_id=trainer.eos_token_ids
+    ).generate(PROMPTS[:2], max_new_tokens=16, temperature=0.0)
+    assert rollout["completion_ids"] == expected.completion_ids
+    assert rollout["commit_step"] == expected.commit_step
+    assert any(step > 0 for row in rollout["commit_step"] for step in row)  # parallel steps within a block
+
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert "loss" in trainer.state.log_history[0]
+    assert get_block_diffusion_settings(trainer.model) == settings

@@ -14,6 +14,7 @@ from .diffusion_grpo_trainer import DiffusionGRPOTrainer
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import DiffusionSFTCollator, answer_start
 from .diffusion_sft_trainer import DiffusionSFTTrainer
+from .model_prep import prepare_block_diffusion_model
 from .opd_config import OnPolicyDistillConfig
 from .opd_trainer import OnPolicyDistillTrainer
 
@@ -28,4 +29,5 @@ __all__ = [
     "OnPolicyDistillTrainer",
     "ValidRateCallback",
     "answer_start",
+    "prepare_block_diffusion_model",
 ]

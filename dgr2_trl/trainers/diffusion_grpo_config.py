@@ -14,9 +14,8 @@ class DiffusionGRPOConfig(BlockRolloutArguments, GRPOConfig):
     r"""
     Configuration of [`DiffusionGRPOTrainer`]: every [`trl.GRPOConfig`] field (TRL 1.16), the rollout settings of
     [`BlockRolloutArguments`] (`block_size`, `threshold`, `max_steps_per_block`, `fallback`, shared with
-    [`OnPolicyDistillConfig`]), plus the replay settings below. `block_size` also sets the block size a plain AR
-    model is converted with (32 when `None`). `use_vllm` must stay False: vLLM cannot serve a block-diffusion
-    student.
+    [`OnPolicyDistillConfig`]), plus the replay settings below. `use_vllm` must stay False: vLLM cannot serve a
+    block-diffusion student.
 
     Changed defaults: none. TRL's defaults already match the method: `loss_type="dapo"` (token-level),
     `epsilon=0.2`, `num_generations=8`, `beta=0.0` (no KL term; set it > 0 to add one against a reference model);
@@ -29,8 +28,10 @@ class DiffusionGRPOConfig(BlockRolloutArguments, GRPOConfig):
         drop_zero_advantage_groups (`bool`, defaults to `True`):
             Leave completions with advantage exactly 0 out of the loss and of the DAPO token count (DAPO's dynamic
             sampling).
-        mask_token (`str`, defaults to `"<|mask|>"`):
-            Mask token added when a plain AR model is converted.
+        mask_token (`str`, *optional*):
+            Mask token added when a plain AR model is converted. `None`: `"<|mask|>"` (`DEFAULT_MASK_TOKEN`) for an
+            AR model, the converted model's own otherwise; a converted model with a different mask token is an
+            error.
         rollout_seed (`int`, *optional*):
             Seed of the rollout sampler's generator, re-seeded with the global step. `None`: `seed`.
     """
@@ -53,8 +54,12 @@ class DiffusionGRPOConfig(BlockRolloutArguments, GRPOConfig):
             "dynamic sampling."
         },
     )
-    mask_token: str = field(
-        default="<|mask|>", metadata={"help": "Mask token added when a plain AR model is converted."}
+    mask_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Mask token added when a plain AR model is converted. None: '<|mask|>' for an AR model, the "
+            "converted model's own otherwise."
+        },
     )
     rollout_seed: int | None = field(
         default=None,

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, replay_logprobs
-from ..modeling.conversion import DEFAULT_BLOCK_SIZE, ensure_custom_mask_support
-from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
+from ..modeling import replay_logprobs
 from ..rewards import default_rl_reward, parse_ranking
 from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
@@ -32,6 +30,7 @@ from .checks import check_padding_tokens, check_prompt_column, check_prompt_leng
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .distributed import generation_model, through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
+from .model_prep import is_model_path, prepare_block_diffusion_model, trainer_model_init_kwargs
 
 
 REPLAY_KEYS = ("commit_step", "trailing_ids", "trailing_commit_step")
@@ -52,8 +51,10 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
     """`trl.GRPOTrainer` for block-diffusion students.
 
     Args:
-        model: a converted block-diffusion model, a plain AR causal LM (converted here with `args.block_size`,
-            default 32), or a local path to either.
+        model: a converted block-diffusion model, a plain AR causal LM, or a local path to either, prepared by
+            `prepare_block_diffusion_model` as in the other trainers: an AR model is converted with `args.block_size`
+            and `args.mask_token` (`DEFAULT_BLOCK_SIZE` / `DEFAULT_MASK_TOKEN` when None); a converted one keeps its
+            settings, or stores `args.block_size` instead of its own (with a warning).
         reward_funcs: TRL reward functions (weights via `args.reward_weights`). Default: `default_rl_reward`
             (rank promotion + 0.2 x conditional format, -1 for an invalid ranking).
         rollout_func: optional replacement of the block-diffusion rollout (TRL's signature). Without commit steps
@@ -81,27 +82,23 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         args = args or DiffusionGRPOConfig(output_dir="dgr2-grpo")
         if not isinstance(args, DiffusionGRPOConfig):
             raise TypeError(f"args must be a DiffusionGRPOConfig, got {type(args).__name__}")
-        if isinstance(model, str):
-            init_kwargs = dict(args.model_init_kwargs or {})
-            processing_class = processing_class or load_tokenizer(model, gguf_file=init_kwargs.get("gguf_file"))
-            model = load_causal_lm(model, **init_kwargs)
-        else:
-            model = make_dense(model)  # a GGUF-loaded model keeps a quantizer marker that blocks training
-        if processing_class is None:
+        if processing_class is None and not is_model_path(model):
             raise ValueError("processing_class (the tokenizer) is required when model is not a path")
-        check_padding_tokens(processing_class)
+        tokenizer_given = processing_class is not None
+        if tokenizer_given:  # before conversion adds the mask token to it; a loaded one once loaded
+            check_padding_tokens(processing_class)
         datasets = {**named_datasets(train_dataset, "train"), **named_datasets(eval_dataset, "eval")}
         check_prompt_column(datasets)
-        settings = get_block_diffusion_settings(model)
-        if settings is None:
-            model, processing_class = convert_to_block_diffusion(
-                model, processing_class, block_size=args.block_size or DEFAULT_BLOCK_SIZE, mask_token=args.mask_token
-            )
-            settings = get_block_diffusion_settings(model)
-        # an already converted model may run an attention backend that ignores the block mask (e.g. a checkpoint
-        # loaded with FlashAttention-2): rollouts and replay would silently be causal
-        ensure_custom_mask_support(model)
-        self.block_size = args.block_size or settings.block_size
+        model, processing_class, settings = prepare_block_diffusion_model(
+            model,
+            processing_class,
+            block_size=args.block_size,
+            mask_token=args.mask_token,
+            model_init_kwargs=trainer_model_init_kwargs(args) if is_model_path(model) else None,
+        )
+        if not tokenizer_given:
+            check_padding_tokens(processing_class)
+        self.block_size = settings.block_size
         check_prompt_lengths(model, processing_class, datasets, args.max_completion_length, self.block_size)
         self.mask_token_id = settings.mask_token_id
         self._pending_replay = None  # rollout-order replay data, while TRL scores the batch

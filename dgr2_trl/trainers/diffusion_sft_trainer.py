@@ -12,41 +12,26 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoTokenizer
 from transformers.modeling_outputs import CausalLMOutput
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational
 
-from ..modeling.conversion import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_MASK_TOKEN,
-    convert_to_block_diffusion,
-    ensure_custom_mask_support,
-    get_block_diffusion_settings,
-)
 from ..modeling.loss import causal_lm_loss_sum, masked_diffusion_loss
 from ..modeling.noise import BlockNoise
-from ..modeling.pretrained import load_causal_lm, load_tokenizer, make_dense
 from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens
 from .diffusion_sft_config import DiffusionSFTConfig
 from .diffusion_sft_data import SAMPLE_INDEX, DiffusionSFTCollator, complementary_time, per_sample_noise
 from .distributed import through_wrapper
 from .model_card import BlockDiffusionModelCardMixin
+from .model_prep import is_model_path, prepare_block_diffusion_model, trainer_model_init_kwargs
 
 
 logger = logging.getLogger(__name__)
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _check_dataset(dataset, name: str) -> None:
@@ -118,8 +103,10 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
     """Fine-tune a causal LM with the block-diffusion masked-diffusion loss on prompt-completion data.
 
     `model` may be a plain AR model (converted here with `args.block_size` / `args.mask_token`), an already
-    converted one, or a path to either. `peft_config` trains a LoRA adapter as in `SFTTrainer`; convert the model
-    before wrapping it with PEFT yourself (its attention is probed: a backend that ignores the block mask is refused).
+    converted one, or a path to either, prepared by `prepare_block_diffusion_model` as in the other trainers (the
+    resolved block size and mask token are written back into `args`). `peft_config` trains a LoRA adapter as in
+    `SFTTrainer`; convert the model before wrapping it with PEFT yourself (its attention is probed: a backend that
+    ignores the block mask is refused).
     Logs `loss` and `mask_ratio` (fraction of completion tokens masked); `trainer.add_callback(ValidRateCallback(
     trainer))` adds `eval_valid_rate` (valid rankings under block-diffusion decoding) at each evaluation. Rows that
     SFTTrainer's truncation to `max_length` drops are reported, and `train(resume_from_checkpoint=True)` skips
@@ -141,30 +128,25 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
         **kwargs,
     ):
         args = self._coerce_args(args, model)
-        if isinstance(model, str):
-            model_path = model
-            init_kwargs = dict(args.model_init_kwargs or {})
-            model = load_causal_lm(model_path, **init_kwargs)
-            args.model_init_kwargs = None  # consumed here (SFTTrainer would warn about it)
-            if processing_class is None:
-                processing_class = load_tokenizer(model_path, gguf_file=init_kwargs.get("gguf_file"))
-        else:
-            model = make_dense(model)  # a GGUF-loaded model keeps a quantizer marker that blocks training
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         _check_dataset(train_dataset, "train")
         for name, dataset in (eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}).items():
             _check_dataset(dataset, name)
+        init_kwargs = None
+        if is_model_path(model):
+            init_kwargs = trainer_model_init_kwargs(args)
+            args.model_init_kwargs = None  # consumed here (SFTTrainer would warn about it)
+        model, processing_class, settings = prepare_block_diffusion_model(
+            model,
+            processing_class,
+            block_size=args.block_size,
+            mask_token=args.mask_token,
+            model_init_kwargs=init_kwargs,
+        )
+        args.block_size, args.mask_token = settings.block_size, settings.mask_token
         _check_tokenizer(processing_class, args, train_dataset)
-
         _drop_trl_fused_forward(model)
-        model, processing_class = self._convert(model, processing_class, args)
-        # `_convert` probes a model it converts; a PEFT-wrapped converted model is not converted again, and its
-        # attention backend may ignore the block mask (training would silently stay causal)
-        ensure_custom_mask_support(model)
-        settings = get_block_diffusion_settings(model)
         self.block_settings = settings
         max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if max_positions is not None and settings.block_size > max_positions:
@@ -198,7 +180,7 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
     @staticmethod
     def _coerce_args(args, model) -> DiffusionSFTConfig:
         if args is None:
-            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            name = os.fspath(model) if is_model_path(model) else getattr(model.config, "_name_or_path", "") or "model"
             return DiffusionSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-CFT")
         if isinstance(args, DiffusionSFTConfig):
             return args
@@ -207,50 +189,6 @@ class DiffusionSFTTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin,
             values["hub_token"] = getattr(args, "hub_token", None)
             return DiffusionSFTConfig(**values)
         raise TypeError(f"args must be a DiffusionSFTConfig, got {type(args).__name__}")
-
-    @staticmethod
-    def _convert(model, tokenizer, args: DiffusionSFTConfig):
-        """Convert an AR model, or reconcile a converted one with the config; resolve `args.block_size/mask_token`."""
-        text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        settings = get_block_diffusion_settings(model)
-        if settings is None:
-            if _is_peft(model):
-                raise ValueError(
-                    "the PEFT model is not a block-diffusion model: convert the base model with "
-                    "convert_to_block_diffusion before wrapping it, or pass the base model with `peft_config`"
-                )
-            block_size = args.block_size or DEFAULT_BLOCK_SIZE
-            model, text_tokenizer = convert_to_block_diffusion(
-                model, text_tokenizer, block_size=block_size, mask_token=args.mask_token or DEFAULT_MASK_TOKEN
-            )
-        else:
-            if args.mask_token is not None and args.mask_token != settings.mask_token:
-                raise ValueError(
-                    f"the model was converted with mask_token {settings.mask_token!r} but the config asks for "
-                    f"{args.mask_token!r}; leave mask_token=None to keep the model's"
-                )
-            if args.block_size is not None and args.block_size != settings.block_size:
-                logger.warning(
-                    "the model was converted with block_size=%d; training (and storing) block_size=%d instead",
-                    settings.block_size,
-                    args.block_size,
-                )
-            if not _is_peft(model):  # re-stores the block size and registers the mask token with the tokenizer
-                convert_to_block_diffusion(
-                    model,
-                    text_tokenizer,
-                    block_size=args.block_size or settings.block_size,
-                    mask_token=settings.mask_token,
-                )
-            if text_tokenizer.convert_tokens_to_ids(settings.mask_token) != settings.mask_token_id:
-                raise ValueError(
-                    f"the tokenizer maps the mask token {settings.mask_token!r} to "
-                    f"{text_tokenizer.convert_tokens_to_ids(settings.mask_token)}, but the model was converted with id "
-                    f"{settings.mask_token_id}; pass the tokenizer saved with the converted model"
-                )
-        settings = get_block_diffusion_settings(model)
-        args.block_size, args.mask_token = settings.block_size, settings.mask_token
-        return model, tokenizer
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         """SFTTrainer's preparation, which drops the rows truncation to `max_length` leaves without a completion

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 from trl import DistillationTrainer
 from trl.trainer.utils import pad
 
-from ..modeling.conversion import ensure_custom_mask_support, get_block_diffusion_settings
+from ..modeling.conversion import get_block_diffusion_settings
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..rewards.parsing import parse_ranking
 from ..samplers.block_diffusion import BlockDiffusionSampler
@@ -43,6 +43,7 @@ from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .distributed import generation_model
 from .model_card import BlockDiffusionModelCardMixin
+from .model_prep import is_model_path, prepare_block_diffusion_model, trainer_model_init_kwargs
 from .opd_config import OnPolicyDistillConfig
 
 
@@ -50,7 +51,11 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
     """OPD for block-diffusion students (Diffusion-GR2 stage 3).
 
     Args:
-        model: a block-diffusion student (converted with `dgr2_trl.convert_to_block_diffusion`), or its path.
+        model: the student: a block-diffusion model, a plain AR causal LM, or a local path to either, prepared by
+            `prepare_block_diffusion_model` as in the other trainers (before the base applies `peft_config`): an
+            AR model is converted with `args.block_size` (`DEFAULT_BLOCK_SIZE` when None) and the default mask
+            token; a converted one keeps its settings, or stores `args.block_size` instead of its own (with a
+            warning).
         teacher_model: the AR teacher: a `PreTrainedModel`, a path, or a ready `dgr2_trl.teachers.Teacher`. May be
             omitted when `args.teacher_url` (vLLM server) or `args.teacher_model_name_or_path` is set.
         args: `OnPolicyDistillConfig`.
@@ -58,7 +63,8 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
             column enables the logged valid rate of the rollouts (`dgr2_trl.rewards.parse_ranking`). Checked at
             construction: the column, and (map-style datasets) that every prompt plus the rollout's whole blocks
             fits the student's `max_position_embeddings`.
-        processing_class: the student's tokenizer (with its mask token); it needs a pad or an eos token.
+        processing_class: the student's tokenizer (the mask token is added to it when an AR student is converted;
+            loaded from the student's path or name when None); it needs a pad or an eos token.
 
     A subclass overrides `rollout` (how completions are produced) or `score_with_teacher` (how they are scored);
     `_generate_and_score_completions` composes the two. The student's attention is probed once at construction: a
@@ -87,8 +93,21 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
             raise TypeError(f"args must be an OnPolicyDistillConfig, got {type(args).__name__}")
         datasets = {**named_datasets(train_dataset, "train"), **named_datasets(eval_dataset, "eval")}
         check_prompt_column(datasets)
-        if processing_class is not None:  # otherwise the base loads it; checked below
+        tokenizer_given = processing_class is not None
+        if tokenizer_given:  # before conversion adds the mask token to it; a loaded one below
             check_padding_tokens(processing_class)
+        # Prepared here, not by the base: the base then wraps (PEFT) and trains the converted student, and uses the
+        # tokenizer that holds its mask token.
+        init_kwargs = None
+        if is_model_path(model):
+            init_kwargs = trainer_model_init_kwargs(args)
+            args.model_init_kwargs = None  # consumed here (the base would warn that it ignores them)
+        model, processing_class, settings = prepare_block_diffusion_model(
+            model, processing_class, block_size=args.block_size, model_init_kwargs=init_kwargs
+        )
+        if not tokenizer_given:  # the sides the base gives the tokenizer it loads itself
+            text_tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            text_tokenizer.padding_side = text_tokenizer.truncation_side = "left"
         # The base would build a dense in-process teacher and its chunked JSD; ours goes through a Teacher instead.
         super().__init__(
             model=model,
@@ -102,20 +121,11 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
             peft_config=peft_config,
         )
         student = self.accelerator.unwrap_model(self.model)
-        settings = get_block_diffusion_settings(student)
-        if settings is None:
-            raise ValueError(
-                "the student is not a block-diffusion model: convert it first with "
-                "dgr2_trl.convert_to_block_diffusion(model, tokenizer, block_size=...)"
-            )
-        # a converted student loaded with (or switched to) an attention backend that ignores the block mask would
-        # roll out and be replayed causally, without an error
-        ensure_custom_mask_support(student)
         check_padding_tokens(self._tokenizer)
         # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
         self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
         self.mask_token_id = settings.mask_token_id
-        self.rollout_block_size = args.block_size or settings.block_size
+        self.rollout_block_size = settings.block_size
         check_prompt_lengths(student, self._tokenizer, datasets, args.max_completion_length, self.rollout_block_size)
         self.teacher = self._build_teacher(teacher_model, args)
         self.teacher.check_tokenizer(self._tokenizer)

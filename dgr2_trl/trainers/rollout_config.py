@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..modeling.conversion import DEFAULT_BLOCK_SIZE
 from ..samplers.block_diffusion import FALLBACKS
 from ..samplers.common import check_steps_per_block, check_threshold
 
@@ -18,7 +19,10 @@ class BlockRolloutArguments:
 
     Parameters:
         block_size (`int`, *optional*):
-            Block size of the rollouts and of their trajectory replay. `None`: the converted model's own block size.
+            Block size of the rollouts and of their trajectory replay, and the one a plain AR student is converted
+            with ([`~dgr2_trl.trainers.prepare_block_diffusion_model`]). `None`: the converted model's own block
+            size, or `DEFAULT_BLOCK_SIZE` (32) for an AR model. Set on a converted model with another block size, it
+            is stored in the model's config instead (a warning says so).
         threshold (`float`, defaults to `0.9`):
             Confidence threshold of the block sampler, a probability in [0, 1]: each denoising step commits every
             masked position of the block whose probability is at least `threshold`, and at least one (see
@@ -36,8 +40,8 @@ class BlockRolloutArguments:
     block_size: int | None = field(
         default=None,
         metadata={
-            "help": "Block size of the rollouts and of their trajectory replay. None: the converted model's own "
-            "block size."
+            "help": "Block size of the rollouts and of their trajectory replay, and the one a plain AR student is "
+            f"converted with. None: the converted model's own block size, or {DEFAULT_BLOCK_SIZE} for an AR model."
         },
     )
     threshold: float = field(
