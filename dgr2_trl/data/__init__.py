@@ -1,5 +1,6 @@
 """Data for list-wise re-ranking: loading, leave-one-out split, pre-ranker, item ids, prompts and datasets."""
 
+from .block_align import align_answer_to_block, align_answers_to_blocks
 from .builder import (
     RerankData,
     build_rerank_datasets,
@@ -41,7 +42,7 @@ from .split import LeaveOneOutSplit, Query, leave_one_out_split, training_querie
 
 
 __all__ = [
-    "BUNDLED_BEAUTY_DIR", "DataFormatError", "ID_SCHEMES", "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData",
+    "BUNDLED_BEAUTY_DIR", "DataFormatError", "align_answer_to_block", "align_answers_to_blocks", "ID_SCHEMES", "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData",
     "SYSTEM_PROMPT", "SequenceData", "TransitionPreRanker", "build_completion", "build_prompt", "build_rerank_datasets",
     "build_short_trace", "build_trace", "format_answer", "item_vectors", "kmeans", "leave_one_out_split", "load_amazon_beauty",
     "load_sequence_data", "make_item_ids", "plain_item_ids", "ranking_metrics", "read_sequences", "read_titles",

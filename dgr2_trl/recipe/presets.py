@@ -208,6 +208,16 @@ class RecipePreset:
             "help": "Also train every CFT sample with the inverse mask (DiffusionSFTConfig.complementary_masking)."
         },
     )
+    cft_align_answer: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Pad each CFT target's trace with newlines so its answer starts a new block "
+                "(dgr2_trl.data.align_answers_to_blocks): the block decoder then writes the answer with the whole "
+                "trace finished and cached, as the AR teacher conditions on it."
+            )
+        },
+    )
     opd_steps: int = field(default=40, metadata={"help": "Optimizer steps of on-policy distillation."})
     opd_learning_rate: float = field(
         default=2e-5,

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from ..data import build_rerank_datasets, train_rerank_tokenizer
+from ..data import align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
@@ -274,20 +274,24 @@ class Recipe:
         return self.save("cft", model, self.evaluate(model, block=True, rows_stage="cft"))
 
     def cft_dataset(self):
-        """CFT's training rows: the data's completions, or the AR teacher's greedy answers (`cft_targets`)."""
+        """CFT's training rows: the data's completions, or the AR teacher's greedy answers (`cft_targets`); with
+        `cft_align_answer`, each answer moved to the start of a block."""
         p = self.preset
         if p.cft_targets == "data":
-            return self.data.train
-        if p.cft_targets != "teacher":
+            rows = self.data.train
+        elif p.cft_targets == "teacher":
+            rows = teacher_completion_dataset(
+                ARSampler(self.load("ar"), self.tokenizer),
+                self.data.train,
+                max_new_tokens=p.max_new_tokens,
+                batch_size=p.eval_batch_size,
+                num_queries=p.cft_teacher_queries,
+            )
+        else:
             raise ValueError(f"cft_targets must be 'data' or 'teacher', got {p.cft_targets!r}")
-        teacher = ARSampler(self.load("ar"), self.tokenizer)
-        return teacher_completion_dataset(
-            teacher,
-            self.data.train,
-            max_new_tokens=p.max_new_tokens,
-            batch_size=p.eval_batch_size,
-            num_queries=p.cft_teacher_queries,
-        )
+        if p.cft_align_answer:
+            rows = align_answers_to_blocks(rows, self.tokenizer, p.block_size, max_tokens=p.max_new_tokens)
+        return rows
 
     def run_opd(self):
         from ..trainers.opd_config import OnPolicyDistillConfig
