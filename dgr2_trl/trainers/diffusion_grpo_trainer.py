@@ -22,13 +22,14 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from ..modeling import replay_logprobs
-from ..rewards import default_rl_reward, parse_ranking
+from ..rewards import default_rl_reward
 from ..samplers import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .diffusion_grpo_config import DiffusionGRPOConfig
 from .distributed import generation_model, through_wrapper
+from .metrics import count_valid, valid_rate_across_processes
 from .model_card import BlockDiffusionModelCardMixin
 from .model_prep import is_model_path, prepare_block_diffusion_model, trainer_model_init_kwargs
 
@@ -195,11 +196,11 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         output.update(self._replay_tensors(replay, output["completion_ids"].shape[1], device))
         mode = "train" if self.model.training else "eval"
         if replay["texts"] is not None and inputs and "candidates" in inputs[0]:
-            valid = [
-                parse_ranking(t, [str(c) for c in x["candidates"]]).valid for t, x in zip(replay["texts"], inputs)
-            ]
-            rate = torch.tensor(sum(valid) / max(len(valid), 1), device=device)
-            self._metrics[mode]["valid_rate"].append(self.accelerator.gather(rate).mean().item())
+            valid = count_valid(
+                [x["prompt"] for x in inputs], replay["texts"], [[str(c) for c in x["candidates"]] for x in inputs]
+            )
+            rate = valid_rate_across_processes(self.accelerator, valid, len(inputs))
+            self._metrics[mode]["valid_rate"].append(rate)
         if self.args.drop_zero_advantage_groups:
             advantages = output["advantages"]
             keep = (advantages != 0).reshape(advantages.shape[0], -1).any(-1).long()

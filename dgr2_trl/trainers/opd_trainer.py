@@ -34,7 +34,6 @@ from trl.trainer.utils import pad
 
 from ..modeling.conversion import get_block_diffusion_settings
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
-from ..rewards.parsing import parse_ranking
 from ..samplers.block_diffusion import BlockDiffusionSampler
 from ..samplers.common import encode_prompts
 from ..teachers import InProcessTeacher, Teacher, VLLMServerTeacher
@@ -42,6 +41,7 @@ from ..teachers.distill_loss import bucket_divergence, replay_support_logprobs, 
 from .checkpoints import CompleteCheckpointMixin
 from .checks import check_padding_tokens, check_prompt_column, check_prompt_lengths, named_datasets
 from .distributed import generation_model
+from .metrics import count_valid
 from .model_card import BlockDiffusionModelCardMixin
 from .model_prep import is_model_path, prepare_block_diffusion_model, trainer_model_init_kwargs
 from .opd_config import OnPolicyDistillConfig
@@ -292,17 +292,17 @@ class OnPolicyDistillTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMix
         loss_mask = completions["loss_mask"].bool()
         num_tokens = int(loss_mask.sum())
         has_candidates = bool(examples) and "candidates" in examples[0]
-        valid = []
+        num_valid = 0.0
         if has_candidates:
             texts = rollout.get("texts")
             if texts is None:
                 texts = self._tokenizer.batch_decode(rollout["completion_ids"], skip_special_tokens=True)
-            valid = [parse_ranking(text, ex["candidates"]).valid for text, ex in zip(texts, examples)]
+            num_valid = count_valid([ex["prompt"] for ex in examples], texts, [ex["candidates"] for ex in examples])
         local = [
             num_tokens,
             len(loss_mask),
             float(teacher["teacher_token_logprobs"][loss_mask].sum()),
-            sum(valid),
+            num_valid,
             int(prompt_mask.sum()),
         ]
         totals = self.accelerator.gather(torch.tensor([local], dtype=torch.float64, device=device)).sum(0).tolist()
