@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from dgr2_trl.data import build_rerank_datasets, train_rerank_tokenizer
+from dgr2_trl.data import RANKING_ANSWER_PREFIX, build_rerank_datasets, train_rerank_tokenizer
 from dgr2_trl.modeling import tiny_causal_lm
 from dgr2_trl.trainers import DiffusionSFTConfig, DiffusionSFTTrainer
 
@@ -91,8 +91,9 @@ def build(args):
         model, args=SFTConfig(output_dir=out, **common), train_dataset=data.train, processing_class=tokenizer
     )
     cft_args = DiffusionSFTConfig(
-        output_dir=out, block_size=args.block_size, complementary_masking=args.complementary_masking, **common
-    )
+        output_dir=out, block_size=args.block_size, complementary_masking=args.complementary_masking,
+        answer_prefix=RANKING_ANSWER_PREFIX, answer_weight=2.0, **common,
+    )  # fmt: skip
     cft = DiffusionSFTTrainer(model, args=cft_args, train_dataset=data.train, processing_class=tokenizer)
     return ar, cft
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from _common import RerankScriptArguments, device_defaults, load_model_and_tokenizer, load_rerank_datasets
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from dgr2_trl.data import RANKING_ANSWER_PREFIX
 from dgr2_trl.evaluation import evaluate_reranker
 from dgr2_trl.samplers import BlockDiffusionSampler
 from dgr2_trl.trainers import DiffusionSFTConfig, DiffusionSFTTrainer, ValidRateCallback
@@ -51,6 +52,8 @@ CPU_DEFAULTS = dict(
     output_dir="outputs/cft", per_device_train_batch_size=8, max_steps=150, learning_rate=1e-3,
     lr_scheduler_type="cosine", warmup_steps=20, logging_steps=10, save_strategy="no", report_to="none",
     activation_checkpointing=False, max_length=1024, seed=0, block_size=16, max_train_queries=2000,
+    # the ranking task's answer (from '{"ranking"' on) weighs twice the reasoning, as in the paper and the recipe
+    answer_prefix=RANKING_ANSWER_PREFIX, answer_weight=2.0,
 )  # fmt: skip
 
 

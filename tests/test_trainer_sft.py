@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from dgr2_trl import convert_to_block_diffusion, get_block_diffusion_settings, masked_diffusion_loss
+from dgr2_trl.data import RANKING_ANSWER_PREFIX
 from dgr2_trl.modeling import BlockNoise, tiny_causal_lm
 from dgr2_trl.tokenization import train_chat_tokenizer
 from dgr2_trl.trainers import DiffusionSFTCollator, DiffusionSFTConfig, DiffusionSFTTrainer, answer_start
@@ -79,7 +80,9 @@ def test_collator_splits_pads_with_eos_to_the_block_and_weights_the_answer():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
     labels = [-100] * n_prompt + ids[n_prompt:]
-    collator = DiffusionSFTCollator(tok, block_size=8, answer_weight=3.0, reasoning_weight=0.5)
+    collator = DiffusionSFTCollator(
+        tok, block_size=8, answer_prefix=RANKING_ANSWER_PREFIX, answer_weight=3.0, reasoning_weight=0.5
+    )
     short = {"input_ids": ids[: n_prompt + 3], "labels": labels[: n_prompt + 3], "dgr2_sample_index": 1}
     batch = collator([{"input_ids": ids, "labels": labels, "dgr2_sample_index": 0}, short])
 
@@ -121,7 +124,7 @@ def test_noise_of_a_sample_does_not_depend_on_its_batch():
 # ------------------------------------------------------------------------------------------------ loss
 def test_trainer_loss_is_the_core_masked_diffusion_loss(tmp_path):
     tok = synthetic_tokenizer()
-    args = cpu_args(tmp_path, answer_weight=2.0, complementary_masking=False)
+    args = cpu_args(tmp_path, answer_weight=2.0, answer_prefix=RANKING_ANSWER_PREFIX, complementary_masking=False)
     trainer = DiffusionSFTTrainer(
         tiny_model(tok, torch.float64), args=args, train_dataset=synthetic_rows(8), processing_class=tok
     )
@@ -179,7 +182,7 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, normalization, c
     for bs, accumulation in ((2, 2), (4, 1)):
         args = cpu_args(
             tmp_path / f"bs{bs}", per_device_train_batch_size=bs, gradient_accumulation_steps=accumulation, max_steps=1,
-            optim="sgd", learning_rate=1.0, weight_decay=0.0, max_grad_norm=0.0, answer_weight=2.0,
+            optim="sgd", learning_rate=1.0, weight_decay=0.0, max_grad_norm=0.0, answer_weight=2.0, answer_prefix=RANKING_ANSWER_PREFIX,
             loss_normalization=normalization, complementary_masking=complementary,
         )  # fmt: skip
         model = copy.deepcopy(start)
@@ -299,7 +302,7 @@ def test_checkpoint_keeps_block_settings_and_resume_continues_the_run(tmp_path):
     "overrides,match",
     [({"block_size": 0}, "block_size"), ({"packing": True}, "packing"), ({"min_mask_ratio": 0.0}, "min_mask_ratio"),
      ({"noise_schedule": "cubic"}, "noise_schedule"), ({"completion_only_loss": False}, "completion"),
-     ({"answer_weight": 0.0, "reasoning_weight": 0.0}, "weight")],
+     ({"answer_weight": 0.0, "reasoning_weight": 0.0}, "weight"), ({"answer_weight": 2.0}, "answer_prefix")],
 )  # fmt: skip
 def test_bad_configuration_is_refused(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):

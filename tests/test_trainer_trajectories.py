@@ -46,6 +46,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from dgr2_trl.data import RANKING_ANSWER_PREFIX
 from dgr2_trl.modeling import convert_to_block_diffusion, tiny_causal_lm
 from dgr2_trl.rewards import default_rl_reward
 from dgr2_trl.tokenization import train_chat_tokenizer
@@ -167,6 +168,7 @@ def sft_trainer(output_dir, **overrides):
         "learning_rate": 1e-3,
         "block_size": 4,
         "answer_weight": 2.0,
+        "answer_prefix": RANKING_ANSWER_PREFIX,
         "ar_loss_weight": 0.5,
         "complementary_masking": True,
     }

@@ -9,6 +9,8 @@ trace finished and cached, exactly as an AR model conditions on it.
 
 from __future__ import annotations
 
+from .prompts import RANKING_ANSWER_PREFIX
+
 
 def _num_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -18,7 +20,7 @@ def align_answer_to_block(
     text: str,
     tokenizer,
     block_size: int,
-    answer_prefix: str = '{"ranking"',
+    answer_prefix: str = RANKING_ANSWER_PREFIX,
     filler: str = "\n",
     max_tokens: int | None = None,
 ) -> str:
@@ -50,7 +52,7 @@ def align_answers_to_blocks(
     dataset,
     tokenizer,
     block_size: int,
-    answer_prefix: str = '{"ranking"',
+    answer_prefix: str = RANKING_ANSWER_PREFIX,
     filler: str = "\n",
     max_tokens: int | None = None,
 ):

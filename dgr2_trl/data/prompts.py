@@ -52,6 +52,8 @@ PROMPT_STYLES = ("full", "compact", "evidence")
 TRACE_STYLES = ("full", "short", "ids", "evidence", "scores")
 # level tokens per candidate line, in this order (see dgr2_trl.data.evidence.FEATURES)
 EVIDENCE_FEATURES = ("score", "cooc", "title", "svd", "brand", "pop")
+# the text that starts every answer `format_answer` writes: where CFT's answer weighting begins
+RANKING_ANSWER_PREFIX = '{"ranking"'
 EVIDENCE_LETTERS = "sctvbp"
 # the features that relate a candidate to the history (not the retriever's score, not popularity)
 RELATION_FEATURES = ("cooc", "title", "svd", "brand")

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from ..data import align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
+from ..data import RANKING_ANSWER_PREFIX, align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
@@ -262,6 +262,7 @@ class Recipe:
             max_length=2048,
             ar_loss_weight=p.cft_ar_loss_weight,
             answer_weight=p.cft_answer_weight,
+            answer_prefix=RANKING_ANSWER_PREFIX,
             complementary_masking=p.cft_complementary_masking,
         )
         start = time.perf_counter()

@@ -24,6 +24,9 @@ class DiffusionSFTConfig(SFTConfig):
     `[prompt ; x_0 ; x_t]` layout of `dgr2_trl.modeling`. Only prompt-completion datasets are supported, without
     packing.
 
+    Changed defaults: none (every [`trl.SFTConfig`] field keeps TRL's default). Task-specific settings are not
+    defaulted here: the re-ranking answer's prefix and weight are passed by the recipe.
+
     Parameters:
         > Block diffusion
 
@@ -48,13 +51,17 @@ class DiffusionSFTConfig(SFTConfig):
             Denominator of the token-level mean, summed over the whole accumulated batch (so gradient accumulation
             matches one large batch): `"completion"` (weights of all completion tokens, the ELBO estimate),
             `"masked"` (weights of the masked tokens), or `"auto"` (completion with time weighting, else masked).
-        answer_weight (`float`, *optional*, defaults to `2.0`):
+        answer_weight (`float`, *optional*, defaults to `1.0`):
             Loss weight of answer tokens: from the last `answer_prefix` in the completion to its end (EOS included).
+            A weight different from `reasoning_weight` needs `answer_prefix`. The paper weights the ranking answer
+            higher; the recipe uses 2.0 with `answer_prefix=dgr2_trl.data.RANKING_ANSWER_PREFIX`.
         reasoning_weight (`float`, *optional*, defaults to `1.0`):
             Loss weight of the tokens before the answer (the reasoning trace).
-        answer_prefix (`str`, *optional*, defaults to `'{"ranking"'`):
-            Text that starts the answer. Located in the decoded completion and mapped back to tokens, so it works
-            whatever the tokenizer merges around it. A completion without it is all reasoning.
+        answer_prefix (`str`, *optional*):
+            Text that starts the answer, e.g. `'{"ranking"'` for the re-ranking task. Located in the decoded
+            completion and mapped back to tokens, so it works whatever the tokenizer merges around it. A completion
+            without it is all reasoning. `None` (the default): no split, so `answer_weight` must equal
+            `reasoning_weight`.
         ar_loss_weight (`float`, *optional*, defaults to `0.0`):
             Weight of a joint AR next-token loss on the same batch (`dgr2_trl.modeling.causal_lm_loss_sum`: one causal
             forward of prompt + completion, token weights as above, normalised like the diffusion loss). Keeps the
@@ -102,10 +109,15 @@ class DiffusionSFTConfig(SFTConfig):
             "choices": list(NORMALIZATIONS),
         },
     )
-    answer_weight: float = field(default=2.0, metadata={"help": "Loss weight of the answer tokens."})
+    answer_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight of the answer tokens (from `answer_prefix` on)."}
+    )
     reasoning_weight: float = field(default=1.0, metadata={"help": "Loss weight of the reasoning tokens."})
-    answer_prefix: str = field(
-        default='{"ranking"', metadata={"help": "Text that starts the answer at the end of a completion."}
+    answer_prefix: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text that starts the answer at the end of a completion (the ranking task: '{\"ranking\"')."
+        },
     )
     ar_loss_weight: float = field(
         default=0.0, metadata={"help": "Weight of a joint AR next-token loss on the same batch (0: none)."}
@@ -170,6 +182,12 @@ class DiffusionSFTConfig(SFTConfig):
             raise ValueError(
                 "answer_weight and reasoning_weight must be >= 0 and not both 0, got "
                 f"{self.answer_weight} and {self.reasoning_weight}"
+            )
+        if self.answer_weight != self.reasoning_weight and not self.answer_prefix:
+            raise ValueError(
+                f"answer_weight={self.answer_weight} differs from reasoning_weight={self.reasoning_weight}, but no "
+                "answer_prefix says where the answer starts; pass answer_prefix (for the re-ranking task "
+                "dgr2_trl.data.RANKING_ANSWER_PREFIX, '{\"ranking\"') or equal weights"
             )
         if self.loss_type != "nll":
             raise ValueError(f"loss_type={self.loss_type!r} is not supported by DiffusionSFTTrainer; use 'nll'")

@@ -53,7 +53,7 @@ class DiffusionSFTCollator:
 
     tokenizer: object
     block_size: int
-    answer_prefix: str = '{"ranking"'
+    answer_prefix: str | None = None
     answer_weight: float = 1.0
     reasoning_weight: float = 1.0
     pad_completion_to_block: bool = True
