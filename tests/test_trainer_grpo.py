@@ -222,3 +222,24 @@ def test_replay_rows_are_padded_to_exactly_the_completion_width():
     assert _pad_rows(rows, 5, -1, "cpu").tolist() == [[1, 2, 3, -1, -1], [-1] * 5, [4, -1, -1, -1, -1]]
     assert _pad_rows(rows, 2, -1, "cpu").tolist() == [[1, 2], [-1, -1], [4, -1]]  # longer rows cut
     assert _pad_rows([[], []], 0, 7, "cpu").tolist() == [[7], [7]]  # never zero columns
+
+
+def test_kl_term_with_an_in_memory_ar_model_uses_a_converted_reference(setup, tmp_path):
+    """beta > 0 on a plain AR model object: the trainer converts it, and the KL reference must be that converted
+    model (same block rule, frozen). Before the first update the policy's replayed log-probs then equal the
+    reference's and the logged KL is 0 (an unconverted, causal reference would give KL > 0); after it, KL > 0."""
+    def text_reward(prompts, completions, **kwargs):  # differs between (almost) any two different completions
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        return [float(sum(map(ord, t)) % 97) for t in texts]
+
+    trainer = make_trainer(setup, tmp_path, beta=0.1, max_steps=2, reward_funcs=[text_reward])
+    reference = trainer.ref_model
+    assert reference is not None and reference is not trainer.model
+    assert get_block_diffusion_settings(reference) == get_block_diffusion_settings(trainer.model)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    trainer.train()
+    first, second = trainer.state.log_history[0], trainer.state.log_history[1]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert second["kl"] > 1e-6
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())  # frozen
+    assert trainer.args.beta == 0.1 and trainer.beta == 0.1

@@ -14,12 +14,16 @@ seams only:
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
-from trl.trainer.utils import pad
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import disable_dropout_in_model, pad
 
 from ..modeling import replay_logprobs
 from ..rewards import default_rl_reward
@@ -105,6 +109,31 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
         self._pending_replay = None  # rollout-order replay data, while TRL scores the batch
         self._active_replay = None  # replay data of the batch whose loss is being computed
         self._custom_rollout = rollout_func
+        # TRL builds the KL reference by loading `config._name_or_path` again: nothing for a model object, and for
+        # a path the unconverted AR checkpoint. The reference must be this converted model, so it is copied here
+        # and TRL is shown beta = 0 while it builds the rest (with PEFT, TRL's disabled adapter is the reference).
+        own_reference = args.beta != 0.0 and kwargs.get("peft_config") is None and not is_peft_model(model)
+        reference = copy.deepcopy(model) if own_reference else None
+        beta, sync_ref_model = args.beta, args.sync_ref_model
+        if own_reference:
+            args.beta, args.sync_ref_model = 0.0, False
+        try:
+            self._init_grpo(
+                model, reward_funcs, args, train_dataset, eval_dataset, processing_class, rollout_func, kwargs
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref_model
+        if own_reference:
+            self.beta = beta
+            self.ref_model = self._prepare_reference_model(reference)
+            if sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
+        self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
+
+    def _init_grpo(
+        self, model, reward_funcs, args, train_dataset, eval_dataset, processing_class, rollout_func, kwargs
+    ):
         with warnings.catch_warnings():
             if rollout_func is None:  # our own use of the experimental hook is not the user's experiment
                 warnings.filterwarnings("ignore", message=r"You are using 'rollout_func'", category=UserWarning)
@@ -118,8 +147,17 @@ class DiffusionGRPOTrainer(CompleteCheckpointMixin, BlockDiffusionModelCardMixin
                 rollout_func=self._rollout_hook,
                 **kwargs,
             )
-        # TRL lists the tokenizer's eos id even when there is none; the sampler wants real ids (it warns without any)
-        self.eos_token_ids = [token for token in self.eos_token_ids if token is not None]
+
+    def _prepare_reference_model(self, reference):
+        """The frozen KL reference: the converted model before training, placed like TRL places its own."""
+        if self.args.disable_dropout:
+            disable_dropout_in_model(reference)
+        reference.eval().requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     # ----------------------------------------------------------------------------------------------- rollouts
     def rollout(self, prompts: list) -> dict:
