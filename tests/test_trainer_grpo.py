@@ -228,6 +228,7 @@ def test_kl_term_with_an_in_memory_ar_model_uses_a_converted_reference(setup, tm
     """beta > 0 on a plain AR model object: the trainer converts it, and the KL reference must be that converted
     model (same block rule, frozen). Before the first update the policy's replayed log-probs then equal the
     reference's and the logged KL is 0 (an unconverted, causal reference would give KL > 0); after it, KL > 0."""
+
     def text_reward(prompts, completions, **kwargs):  # differs between (almost) any two different completions
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         return [float(sum(map(ord, t)) % 97) for t in texts]
