@@ -43,10 +43,11 @@ from .split import LeaveOneOutSplit, Query, leave_one_out_split, training_querie
 
 
 __all__ = [
-    "BUNDLED_BEAUTY_DIR", "DataFormatError", "align_answer_to_block", "align_answers_to_blocks", "ID_SCHEMES", "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData",
-    "RANKING_ANSWER_PREFIX", "SYSTEM_PROMPT", "SequenceData", "TransitionPreRanker", "build_completion", "build_prompt", "build_rerank_datasets",
-    "build_short_trace", "build_trace", "format_answer", "item_vectors", "kmeans", "leave_one_out_split", "load_amazon_beauty",
-    "load_sequence_data", "make_item_ids", "plain_item_ids", "ranking_metrics", "read_sequences", "read_titles",
-    "rerank_tokenizer_texts", "residual_codes", "semantic_item_ids", "shorten_title", "single_token_item_ids",
-    "target_position_histogram", "train_rerank_tokenizer", "training_queries",
+    "BUNDLED_BEAUTY_DIR", "DataFormatError", "align_answer_to_block", "align_answers_to_blocks", "ID_SCHEMES",
+    "ItemIdentifiers", "LeaveOneOutSplit", "Query", "RerankData", "RANKING_ANSWER_PREFIX", "SYSTEM_PROMPT",
+    "SequenceData", "TransitionPreRanker", "build_completion", "build_prompt", "build_rerank_datasets",
+    "build_short_trace", "build_trace", "format_answer", "item_vectors", "kmeans", "leave_one_out_split",
+    "load_amazon_beauty", "load_sequence_data", "make_item_ids", "plain_item_ids", "ranking_metrics",
+    "read_sequences", "read_titles", "rerank_tokenizer_texts", "residual_codes", "semantic_item_ids", "shorten_title",
+    "single_token_item_ids", "target_position_histogram", "train_rerank_tokenizer", "training_queries",
 ]  # fmt: skip

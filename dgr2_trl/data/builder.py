@@ -470,9 +470,11 @@ def build_rerank_datasets(
     for name in ("train", "validation", "test"):
         s = stats[name]
         logger.info(
-            "%s: %d queries, %d (%.1f%%) with the true item among the %d candidates; pre-ranker HR@%d %.4f NDCG@%d %.4f",
-            name, s["num_queries"], s["num_target_in_candidates"], 100 * s["num_target_in_candidates"] / max(s["num_queries"], 1),
-            num_candidates, num_candidates, s[f"hr@{num_candidates}"], num_candidates, s[f"ndcg@{num_candidates}"],
+            "%s: %d queries, %d (%.1f%%) with the true item among the %d candidates; "
+            "pre-ranker HR@%d %.4f NDCG@%d %.4f",
+            name, s["num_queries"], s["num_target_in_candidates"],
+            100 * s["num_target_in_candidates"] / max(s["num_queries"], 1), num_candidates,
+            num_candidates, s[f"hr@{num_candidates}"], num_candidates, s[f"ndcg@{num_candidates}"],
         )  # fmt: skip
     return RerankData(
         train=Dataset.from_list(train_rows),

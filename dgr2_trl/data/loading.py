@@ -80,7 +80,8 @@ def read_sequences(path: str | Path) -> tuple[list[int], list[list[int]]]:
                 continue
             if len(tokens) < 2:
                 raise DataFormatError(
-                    f"{path}, line {line_no}: expected 'user_id item_id ...' with at least one item, got {line.strip()!r}"
+                    f"{path}, line {line_no}: expected 'user_id item_id ...' with at least one item, "
+                    f"got {line.strip()!r}"
                 )
             user = _parse_int(tokens[0], path, line_no, "user id")
             if user in seen_users:
@@ -111,7 +112,8 @@ def read_titles(path: str | Path) -> dict[int, str]:
             fields = line.split("\t")
             if len(fields) != 3:
                 raise DataFormatError(
-                    f"{path}, line {line_no}: expected 3 tab-separated fields (item_id, asin, title), got {len(fields)}"
+                    f"{path}, line {line_no}: expected 3 tab-separated fields (item_id, asin, title), "
+                    f"got {len(fields)}"
                 )
             item = _parse_int(fields[0], path, line_no, "item id")
             if item in titles:

@@ -100,9 +100,9 @@ def evaluate_reranker(
 ) -> dict:
     """Generate a ranking for every query and score it.
 
-    Returns a JSON-serialisable dict: `n`, `recall@1`, `recall@3`, `recall@5`, `ndcg@3`, `ndcg@5` (invalid answers fall back
-    to the pre-ranker order), `valid_rate`, `invalid_reasons` (count per reason), `floor` (the pre-ranker order's
-    metrics on the same queries), `num_target_in_candidates`, `tokens_per_second` (generated tokens over the
+    Returns a JSON-serialisable dict: `n`, `recall@1`, `recall@3`, `recall@5`, `ndcg@3`, `ndcg@5` (invalid answers
+    fall back to the pre-ranker order), `valid_rate`, `invalid_reasons` (count per reason), `floor` (the pre-ranker
+    order's metrics on the same queries), `num_target_in_candidates`, `tokens_per_second` (generated tokens over the
     summed `generate` wall time), `forward_passes_per_token` (mean over rows of the denoising steps a row needed
     over the tokens it produced), `num_generated_tokens`, `num_forward_passes`, `elapsed_s`; with `return_rows`
     also `rows` (per query: text, ranking used, valid, reason).

@@ -21,7 +21,8 @@ import torch
 
 
 CUSTOM_GENERATE_FILE = Path("custom_generate") / "generate.py"
-CUSTOM_GENERATE_SOURCE = '''"""Written by dgr2-trl: this block-diffusion checkpoint decodes blocks in `model.generate` (needs dgr2-trl)."""
+CUSTOM_GENERATE_SOURCE = '''"""Written by dgr2-trl: this block-diffusion checkpoint decodes blocks in `model.generate`
+(needs dgr2-trl)."""
 
 from dgr2_trl.samplers.hf_generate import block_diffusion_generate as generate  # noqa: F401
 '''

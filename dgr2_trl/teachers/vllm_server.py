@@ -236,7 +236,8 @@ class VLLMServerTeacher(Teacher):
 
     # ---- HTTP -----------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, payload: dict | None = None):
-        """The decoded JSON reply, after retrying transport failures and garbage; its shape is the caller's to check."""
+        """The decoded JSON reply, after retrying transport failures and garbage (its shape is the caller's to
+        check)."""
         url = self.base_url + path
         data = None if payload is None else json.dumps(payload).encode()
         errors = []
@@ -363,8 +364,8 @@ class VLLMServerTeacher(Teacher):
             if entries is None or len(entries) != len(seq):
                 count = None if entries is None else len(entries)
                 raise TeacherReplyError(
-                    f"{self.base_url}{path} returned no/short prompt_logprobs ({count} for {len(seq)} tokens; expected "
-                    "one entry per prompt token); is this a vLLM server?"
+                    f"{self.base_url}{path} returned no/short prompt_logprobs ({count} for {len(seq)} tokens; "
+                    "expected one entry per prompt token); is this a vLLM server?"
                 )
             out.append(entries)
         return out
