@@ -86,3 +86,30 @@ def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "ar" / "metrics.json").read_text())["n"] == get_preset("tiny").max_eval_queries
     assert not (tmp_path / "naive").exists() and not (tmp_path / "frontier.json").exists()
     assert json.loads((tmp_path / "results.json").read_text())["preset"]["eval_fallback"] == "leftmost"
+
+
+def test_tiny_preset_with_lora_saves_a_dense_trained_model_per_stage(tmp_path):
+    """`use_peft=True`: every training stage trains a LoRA adapter and saves it merged, so each stage folder holds
+    a dense model with the base model's parameter names, whose weights differ from the stage it started from."""
+    preset = get_preset("tiny", use_peft=True, lora_r=4, lora_alpha=8, frontier_speculative=False)
+    recipe = Recipe(preset, tmp_path)
+    for stage in STAGES:
+        recipe.run_stage(stage)
+        assert not (tmp_path / stage / "adapter_config.json").exists(), stage
+    weights = {stage: recipe.load(stage).state_dict() for stage in STAGES}
+    assert set(weights["cft"]) == set(weights["naive"]) == set(weights["rl"])  # no lora_A / lora_B left
+    # (RL's single tiny step has all-equal rewards, so no gradient: a zero-initialised LoRA B merges to nothing)
+    for before, after in (("naive", "cft"), ("cft", "opd")):
+        changed = [k for k in weights[after] if not torch.equal(weights[before][k], weights[after][k])]
+        assert changed, f"{after} did not change the weights of {before}"
+        # LoRA touches the linear layers only (the model from a config has no added-token rows to train)
+        assert all("embed_tokens" not in k for k in changed), (after, changed[:3])
+
+
+def test_lora_config_trains_the_rows_of_added_tokens():
+    from dgr2_trl.recipe.stages import lora_config
+
+    assert lora_config(get_preset("tiny")) is None
+    config = lora_config(get_preset("tiny", use_peft=True, lora_r=8), [5, 7])
+    assert config.r == 8 and config.target_modules == "all-linear"
+    assert config.trainable_token_indices == {"embed_tokens": [5, 7]}

@@ -135,6 +135,18 @@ class RecipePreset:
     num_layers: int = field(default=4, metadata={"help": "Layers of the model built from a config."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads of the model built from a config."})
     num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads of the model built from a config."})
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Train every stage as a LoRA adapter (merged into the weights when the stage is saved, so each "
+                "stage folder holds a dense model). With a pretrained model the embedding rows of the tokens the "
+                "recipe adds (item/evidence tokens, the mask token) are trained too (PEFT's trainable_token_indices)."
+            )
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with use_peft)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with use_peft)."})
     block_size: int = field(
         default=32,
         metadata={

@@ -18,7 +18,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..data import RANKING_ANSWER_PREFIX, align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
-from ..modeling import convert_to_block_diffusion, tiny_causal_lm
+from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..samplers import ARSampler, BlockDiffusionSampler, SpeculativeSampler
 from ..teachers import teacher_completion_dataset
@@ -76,6 +76,28 @@ def rollout_args(preset: RecipePreset) -> dict:
         max_completion_length=preset.max_new_tokens,
         max_steps_per_block=preset.rollout_max_steps_per_block,
     )
+
+
+def lora_config(preset: RecipePreset, trainable_token_ids: list[int] | None = None):
+    """The stages' LoRA adapter (all linear layers but the LM head), or None without `use_peft`;
+    `trainable_token_ids` also trains those embedding rows (tied to the LM head where the model ties them)."""
+    if not preset.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=preset.lora_r,
+        lora_alpha=preset.lora_alpha,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": trainable_token_ids} if trainable_token_ids else None,
+    )
+
+
+def trained_model(trainer):
+    """The trainer's model, unwrapped, with a LoRA adapter merged into its weights (a dense model to save)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def data_settings(preset: RecipePreset) -> dict:
@@ -151,6 +173,17 @@ class Recipe:
         model = load_causal_lm(p.model_name_or_path, gguf_file=p.gguf_file)
         model.resize_token_embeddings(len(self.tokenizer) + 1)
         return model
+
+    def peft_config(self, model):
+        """`lora_config` for a stage; with a pretrained model, the rows of the tokens the recipe added to its
+        vocabulary (item and evidence tokens, the mask token) are trained as well: LoRA alone leaves them random."""
+        if self.preset.model_name_or_path is None:
+            return lora_config(self.preset)
+        ids = set(self.tokenizer.convert_tokens_to_ids(self.data.special_tokens))
+        settings = get_block_diffusion_settings(model)
+        if settings is not None:
+            ids.add(settings.mask_token_id)
+        return lora_config(self.preset, sorted(ids))
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
@@ -232,11 +265,17 @@ class Recipe:
         options = common_args(p, self.stage_dir("ar"), p.ar_steps, p.ar_learning_rate, cpu_bf16=p.bf16_on_cpu)
         options["per_device_train_batch_size"] = p.ar_batch_size
         args = SFTConfig(**options, max_length=2048)
-        trainer = SFTTrainer(model, args=args, train_dataset=self.data.train, processing_class=self.tokenizer)
+        trainer = SFTTrainer(
+            model,
+            args=args,
+            train_dataset=self.data.train,
+            processing_class=self.tokenizer,
+            peft_config=self.peft_config(model),
+        )
         start = time.perf_counter()
         trainer.train()
         self.timings["ar"] = time.perf_counter() - start
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trained_model(trainer)
         metrics = self.evaluate(model, block=False, rows_stage="ar")
         metrics["validation"] = self.evaluate(model, block=False, split="validation", rows_stage="ar")
         return self.save("ar", model, metrics)
@@ -266,12 +305,17 @@ class Recipe:
             complementary_masking=p.cft_complementary_masking,
         )
         start = time.perf_counter()
+        model = self.load("naive")
         trainer = DiffusionSFTTrainer(
-            self.load("naive"), args=args, train_dataset=self.cft_dataset(), processing_class=self.tokenizer
+            model,
+            args=args,
+            train_dataset=self.cft_dataset(),
+            processing_class=self.tokenizer,
+            peft_config=self.peft_config(model),
         )
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trained_model(trainer)
         return self.save("cft", model, self.evaluate(model, block=True, rows_stage="cft"))
 
     def cft_dataset(self):
@@ -307,17 +351,19 @@ class Recipe:
             num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
             divergence=p.opd_divergence,
         )
+        model = self.load("cft")
         trainer = OnPolicyDistillTrainer(
-            self.load("cft"),
+            model,
             teacher_model=self.load("ar"),
             args=args,
             train_dataset=self.data.train,
             processing_class=self.tokenizer,
+            peft_config=self.peft_config(model),
         )
         start = time.perf_counter()
         trainer.train()
         self.timings["opd"] = time.perf_counter() - start
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trained_model(trainer)
         return self.save("opd", model, self.evaluate(model, block=True, rows_stage="opd"))
 
     def run_rl(self):
@@ -330,16 +376,18 @@ class Recipe:
         args = DiffusionGRPOConfig(**options, **rollout_args(p), num_generations=p.rl_num_generations, temperature=1.0)
         # the rank-promotion reward is 0 for every answer when the true item is not among the candidates
         rows = self.data.train.filter(lambda row: row["target_in_candidates"])
+        model = self.load("opd")
         trainer = DiffusionGRPOTrainer(
-            self.load("opd"),
+            model,
             args=args,
             train_dataset=rows if len(rows) else self.data.train,
             processing_class=self.tokenizer,
+            peft_config=self.peft_config(model),
         )
         start = time.perf_counter()
         trainer.train()
         self.timings["rl"] = time.perf_counter() - start
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trained_model(trainer)
         return self.save("rl", model, self.evaluate(model, block=True, rows_stage="rl"))
 
     def run_stage(self, stage: str) -> dict:
