@@ -106,10 +106,11 @@ def test_tiny_preset_with_lora_saves_a_dense_trained_model_per_stage(tmp_path):
         assert all("embed_tokens" not in k for k in changed), (after, changed[:3])
 
 
-def test_lora_config_trains_the_rows_of_added_tokens():
+def test_lora_config_trains_the_embeddings_of_a_pretrained_model():
     from dgr2_trl.recipe.stages import lora_config
 
     assert lora_config(get_preset("tiny")) is None
-    config = lora_config(get_preset("tiny", use_peft=True, lora_r=8), [5, 7])
+    config = lora_config(get_preset("tiny", use_peft=True, lora_r=8), train_embeddings=True)
     assert config.r == 8 and config.target_modules == "all-linear"
-    assert config.trainable_token_indices == {"embed_tokens": [5, 7]}
+    assert set(config.modules_to_save) == {"embed_tokens", "lm_head"}
+    assert lora_config(get_preset("tiny", use_peft=True)).modules_to_save is None

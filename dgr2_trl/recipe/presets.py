@@ -140,8 +140,9 @@ class RecipePreset:
         metadata={
             "help": (
                 "Train every stage as a LoRA adapter (merged into the weights when the stage is saved, so each "
-                "stage folder holds a dense model). With a pretrained model the embedding rows of the tokens the "
-                "recipe adds (item/evidence tokens, the mask token) are trained too (PEFT's trainable_token_indices)."
+                "stage folder holds a dense model). With a pretrained model the embeddings and the LM head are trained "
+                "in full too: the rows of the tokens the recipe adds (item/evidence tokens, the mask token) start "
+                "random."
             )
         },
     )

@@ -18,7 +18,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..data import RANKING_ANSWER_PREFIX, align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
-from ..modeling import convert_to_block_diffusion, get_block_diffusion_settings, tiny_causal_lm
+from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
 from ..samplers import ARSampler, BlockDiffusionSampler, SpeculativeSampler
 from ..teachers import teacher_completion_dataset
@@ -78,9 +78,9 @@ def rollout_args(preset: RecipePreset) -> dict:
     )
 
 
-def lora_config(preset: RecipePreset, trainable_token_ids: list[int] | None = None):
+def lora_config(preset: RecipePreset, train_embeddings: bool = False):
     """The stages' LoRA adapter (all linear layers but the LM head), or None without `use_peft`;
-    `trainable_token_ids` also trains those embedding rows (tied to the LM head where the model ties them)."""
+    `train_embeddings` also trains the input embeddings and the LM head in full (PEFT's `modules_to_save`)."""
     if not preset.use_peft:
         return None
     from peft import LoraConfig
@@ -90,7 +90,7 @@ def lora_config(preset: RecipePreset, trainable_token_ids: list[int] | None = No
         lora_alpha=preset.lora_alpha,
         target_modules="all-linear",
         task_type="CAUSAL_LM",
-        trainable_token_indices={"embed_tokens": trainable_token_ids} if trainable_token_ids else None,
+        modules_to_save=["embed_tokens", "lm_head"] if train_embeddings else None,
     )
 
 
@@ -175,15 +175,12 @@ class Recipe:
         return model
 
     def peft_config(self, model):
-        """`lora_config` for a stage; with a pretrained model, the rows of the tokens the recipe added to its
-        vocabulary (item and evidence tokens, the mask token) are trained as well: LoRA alone leaves them random."""
-        if self.preset.model_name_or_path is None:
-            return lora_config(self.preset)
-        ids = set(self.tokenizer.convert_tokens_to_ids(self.data.special_tokens))
-        settings = get_block_diffusion_settings(model)
-        if settings is not None:
-            ids.add(settings.mask_token_id)
-        return lora_config(self.preset, sorted(ids))
+        """`lora_config` for a stage. A pretrained model's embeddings and LM head are trained in full as well: the
+        rows of the tokens the recipe added (item and evidence tokens, the mask token) start random, and LoRA alone
+        cannot train them. (PEFT's `trainable_token_indices`, which trains only those rows, breaks TRL 1.16's fused
+        LM head in `SFTTrainer` on a model with tied embeddings: `'TrainableTokensWrapper' object has no attribute
+        'bias'`.) The merged model comes out with untied embeddings."""
+        return lora_config(self.preset, train_embeddings=self.preset.model_name_or_path is not None)
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
