@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import SFTConfig, SFTTrainer
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from ..data import RANKING_ANSWER_PREFIX, align_answers_to_blocks, build_rerank_datasets, train_rerank_tokenizer
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
@@ -79,18 +79,18 @@ def rollout_args(preset: RecipePreset) -> dict:
 
 
 def lora_config(preset: RecipePreset, train_embeddings: bool = False):
-    """The stages' LoRA adapter (all linear layers but the LM head), or None without `use_peft`;
-    `train_embeddings` also trains the input embeddings and the LM head in full (PEFT's `modules_to_save`)."""
-    if not preset.use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=preset.lora_r,
-        lora_alpha=preset.lora_alpha,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-        modules_to_save=["embed_tokens", "lm_head"] if train_embeddings else None,
+    """The stages' LoRA adapter (all linear layers but the LM head) through TRL's `get_peft_config`, or None
+    without `use_peft`; `train_embeddings` also trains the input embeddings and the LM head in full
+    (`modules_to_save`)."""
+    return get_peft_config(
+        ModelConfig(
+            use_peft=preset.use_peft,
+            lora_r=preset.lora_r,
+            lora_alpha=preset.lora_alpha,
+            lora_dropout=0.0,
+            lora_target_modules="all-linear",
+            lora_modules_to_save=["embed_tokens", "lm_head"] if train_embeddings else None,
+        )
     )
 
 
@@ -174,7 +174,7 @@ class Recipe:
         model.resize_token_embeddings(len(self.tokenizer) + 1)
         return model
 
-    def peft_config(self, model):
+    def peft_config(self):
         """`lora_config` for a stage. A pretrained model's embeddings and LM head are trained in full as well: the
         rows of the tokens the recipe added (item and evidence tokens, the mask token) start random, and LoRA alone
         cannot train them. (PEFT's `trainable_token_indices`, which trains only those rows, breaks TRL 1.16's fused
@@ -267,7 +267,7 @@ class Recipe:
             args=args,
             train_dataset=self.data.train,
             processing_class=self.tokenizer,
-            peft_config=self.peft_config(model),
+            peft_config=self.peft_config(),
         )
         start = time.perf_counter()
         trainer.train()
@@ -302,13 +302,12 @@ class Recipe:
             complementary_masking=p.cft_complementary_masking,
         )
         start = time.perf_counter()
-        model = self.load("naive")
         trainer = DiffusionSFTTrainer(
-            model,
+            self.load("naive"),
             args=args,
             train_dataset=self.cft_dataset(),
             processing_class=self.tokenizer,
-            peft_config=self.peft_config(model),
+            peft_config=self.peft_config(),
         )
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
@@ -348,14 +347,13 @@ class Recipe:
             num_rollouts_per_prompt=p.opd_rollouts_per_prompt,
             divergence=p.opd_divergence,
         )
-        model = self.load("cft")
         trainer = OnPolicyDistillTrainer(
-            model,
+            self.load("cft"),
             teacher_model=self.load("ar"),
             args=args,
             train_dataset=self.data.train,
             processing_class=self.tokenizer,
-            peft_config=self.peft_config(model),
+            peft_config=self.peft_config(),
         )
         start = time.perf_counter()
         trainer.train()
@@ -373,13 +371,12 @@ class Recipe:
         args = DiffusionGRPOConfig(**options, **rollout_args(p), num_generations=p.rl_num_generations, temperature=1.0)
         # the rank-promotion reward is 0 for every answer when the true item is not among the candidates
         rows = self.data.train.filter(lambda row: row["target_in_candidates"])
-        model = self.load("opd")
         trainer = DiffusionGRPOTrainer(
-            model,
+            self.load("opd"),
             args=args,
             train_dataset=rows if len(rows) else self.data.train,
             processing_class=self.tokenizer,
-            peft_config=self.peft_config(model),
+            peft_config=self.peft_config(),
         )
         start = time.perf_counter()
         trainer.train()
