@@ -120,6 +120,7 @@ def _row(
             style=prompt_style,
             evidence=evidence,
             candidate_title_words=candidate_title_words,
+            scores=scores,
         ),
         "completion": build_completion(
             hist_ids, ranking, titles, trace_style, cand_ids, max_title_words, evidence, scores
@@ -240,11 +241,15 @@ def build_rerank_datasets(
             item in the training queries where the pre-ranker found it (`insert_position="empirical"`), so the
             position in the prompt does not give it away; `"last"` or `"uniform"` otherwise.
         prompt_style: `full` (system message + instructions), `compact` or `evidence` (compact, each candidate
-            with its evidence level tokens, see `dgr2_trl.data.evidence`; see `build_prompt`).
+            with its evidence level tokens, see `dgr2_trl.data.evidence`; see `build_prompt`) or `scored` (plain
+            text for a pretrained tokenizer: each candidate's evidence score level and strongest evidence in words;
+            needs `target_order="evidence_score"`).
         trace_style: `full` (templated rationale, ~60-150 tokens) or `short` (one evidence line from the prompt's
             titles, then the pick; see `build_short_trace`) or `ids` (the same naming only the related candidates)
             or `evidence` (the candidates most related to the history by their evidence levels, with the strongest
-            levels; see `build_evidence_trace`).
+            levels; see `build_evidence_trace`) or `scores` (every candidate's score level, see `build_score_trace`)
+            or `best` (the top three's score and reason in words, see `build_best_trace`); `scores` and `best` need
+            `target_order="evidence_score"`.
         target_order: how the target ranking orders the candidates below the true item: `preranker` (their
             prompt order) or `feature_ranker` (a `FeatureRanker` on the evidence features, fitted on the training
             queries whose true item the pre-ranker found; those queries get out-of-fold orders). Training queries
@@ -295,6 +300,12 @@ def build_rerank_datasets(
         )
     if target_order not in TARGET_ORDERS:
         raise ValueError(f"target_order must be one of {TARGET_ORDERS}, got {target_order!r}")
+    needs_scores = [name for name in (prompt_style, trace_style) if name in ("scored", "scores", "best")]
+    if needs_scores and target_order != "evidence_score":
+        raise ValueError(
+            f"style {needs_scores[0]!r} writes the evidence score levels of a LevelScorer, which only "
+            f"target_order='evidence_score' fits; got target_order={target_order!r}"
+        )
     if insert_position not in INSERT_POSITIONS:
         raise ValueError(f"insert_position must be one of {INSERT_POSITIONS}, got {insert_position!r}")
     if data is None:
@@ -329,7 +340,11 @@ def build_rerank_datasets(
             **{k: float(v) for k, v in m.items() if k != "n"},
         }
 
-    use_evidence = "evidence" in (prompt_style, trace_style) or target_order == "feature_ranker"
+    use_evidence = (
+        "evidence" in (prompt_style, trace_style)
+        or prompt_style == "scored"
+        or target_order in ("feature_ranker", "evidence_score")
+    )
     evidence_model = EvidenceModel(seed=seed).fit(split.train, data.titles) if use_evidence else None
 
     progress("pre-ranker and item ids fitted" + (", evidence statistics fitted" if use_evidence else ""))
@@ -484,7 +499,7 @@ def build_rerank_datasets(
             ids,
             special_tokens=[
                 *ids.special_tokens,
-                *(evidence_tokens() if use_evidence else ()),
+                *(evidence_tokens() if "evidence" in (prompt_style, trace_style) else ()),
                 *(score_level_tokens() if trace_style == "scores" else ()),
             ],
         ),

@@ -48,8 +48,8 @@ def content_words(title: str) -> list[str]:
     return list(seen)
 
 
-PROMPT_STYLES = ("full", "compact", "evidence")
-TRACE_STYLES = ("full", "short", "ids", "evidence", "scores")
+PROMPT_STYLES = ("full", "compact", "evidence", "scored")
+TRACE_STYLES = ("full", "short", "ids", "evidence", "scores", "best")
 # level tokens per candidate line, in this order (see dgr2_trl.data.evidence.FEATURES)
 EVIDENCE_FEATURES = ("score", "cooc", "title", "svd", "brand", "pop")
 # the text that starts every answer `format_answer` writes: where CFT's answer weighting begins
@@ -57,6 +57,23 @@ RANKING_ANSWER_PREFIX = '{"ranking"'
 EVIDENCE_LETTERS = "sctvbp"
 # the features that relate a candidate to the history (not the retriever's score, not popularity)
 RELATION_FEATURES = ("cooc", "title", "svd", "brand")
+# each evidence letter's reason in words, for the plain-text `scored` prompt and `best` trace
+EVIDENCE_REASONS = {
+    "s": "retriever",
+    "c": "co-bought",
+    "t": "similar title",
+    "v": "similar shoppers",
+    "b": "same brand",
+    "p": "popular",
+}
+
+
+def evidence_reason(token: str) -> str:
+    """An evidence level token in words: `<c5>` -> "co-bought"; level 0 -> "weak"."""
+    letter, level = token.strip("<>")[0], token.strip("<>")[1:]
+    if letter not in EVIDENCE_REASONS or not level.isdigit():
+        raise ValueError(f"expected an evidence level token such as '<c5>', got {token!r}")
+    return "weak" if int(level) == 0 else EVIDENCE_REASONS[letter]
 
 
 def evidence_string(levels: Sequence[int]) -> str:
@@ -74,6 +91,7 @@ def build_prompt(
     style: str = "full",
     evidence: Sequence[Sequence[int]] | None = None,
     candidate_title_words: int = 0,
+    scores: Sequence[tuple[int, str]] | None = None,
 ) -> list[dict[str, str]]:
     """Messages for one query. `history`/`candidates` are id strings; `titles` maps id string -> title.
     `history` is expected already cut to the items to show (most recent last).
@@ -81,9 +99,19 @@ def build_prompt(
     `style="compact"` drops the system message and shortens the instruction (for small models trained from
     scratch, where every prompt token is training and decoding time and the wording carries no prior).
     `style="evidence"` is compact with each candidate's evidence levels (`evidence`, one row per candidate, see
-    `dgr2_trl.data.evidence`) after its id, and `candidate_title_words` title words (0: none) after them."""
+    `dgr2_trl.data.evidence`) after its id, and `candidate_title_words` title words (0: none) after them.
+    `style="scored"` is plain text for a pretrained tokenizer (no added tokens): each candidate with its evidence
+    score level and strongest evidence in words (`scores`: per candidate (score level 0-9, strongest evidence
+    token), see `build_score_trace`): `[3] 8 similar title`."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if style == "scored":
+        if scores is None or len(scores) != len(candidates):
+            raise ValueError("prompt style 'scored' needs one (score level, strongest evidence token) per candidate")
+        lines = ["Candidates (retriever order) with evidence score 0-9 and reason:"]
+        lines += [f"{c} {int(level)} {evidence_reason(token)}" for c, (level, token) in zip(candidates, scores)]
+        lines += ['Reason, then answer {"ranking": [...]}.']
+        return [{"role": "user", "content": "\n".join(lines)}]
     if style == "evidence":
         if evidence is None or len(evidence) != len(candidates):
             raise ValueError("prompt style 'evidence' needs one row of evidence levels per candidate")
@@ -256,6 +284,20 @@ def build_score_trace(
     return f"Scores: {scores}." + (f" Best: {''.join(best)}." if best else "")
 
 
+def build_best_trace(
+    candidates: Sequence[str], ranking: Sequence[str], scores: Sequence[tuple[int, str]], num_best: int = 3
+) -> str:
+    """The `scored` prompt's reasoning in words: the first `num_best` of `ranking` with their score and reason,
+    `Best evidence: [9] 9, similar title; [3] 8, same brand; [7] 7, popular. The rest keep the retriever
+    order.` Read off the prompt, so a model can write it and rank by it."""
+    by_id = dict(zip(candidates, scores))
+    missing = [c for c in ranking[:num_best] if c not in by_id]
+    if missing:
+        raise ValueError(f"ranking ids {missing} are not among the candidates {list(candidates)}")
+    best = "; ".join(f"{c} {int(by_id[c][0])}, {evidence_reason(by_id[c][1])}" for c in ranking[:num_best])
+    return f"Best evidence: {best}. The rest keep the retriever order."
+
+
 def build_completion(
     history: Sequence[str],
     ranking: Sequence[str],
@@ -271,10 +313,15 @@ def build_completion(
     `trace_style="short"` uses `build_short_trace` (needs the prompt's `candidates` order and `max_title_words`);
     `"ids"` the same without the shared title words; `"evidence"` uses `build_evidence_trace` (needs
     `candidates` and their `evidence` levels); `"scores"` uses `build_score_trace` (needs `candidates` and
-    `scores`: per candidate its score level and the token of its strongest evidence)."""
+    `scores`: per candidate its score level and the token of its strongest evidence); `"best"` uses
+    `build_best_trace` (the same `scores`, in words)."""
     if trace_style not in TRACE_STYLES:
         raise ValueError(f"trace style must be one of {TRACE_STYLES}, got {trace_style!r}")
-    if trace_style == "scores":
+    if trace_style == "best":
+        if scores is None or candidates is None:
+            raise ValueError("trace style 'best' needs the prompt's candidates and their (score level, token) pairs")
+        trace = build_best_trace(candidates, ranking, scores)
+    elif trace_style == "scores":
         if scores is None or candidates is None:
             raise ValueError(
                 "trace style 'scores' needs the prompt's candidates and their (score level, strongest "
@@ -296,5 +343,5 @@ def build_completion(
         )
     else:
         trace = build_trace(history, ranking, titles)
-    answer = format_answer(ranking, compact=trace_style in ("evidence", "scores"))
+    answer = format_answer(ranking, compact=trace_style in ("evidence", "scores", "best"))
     return [{"role": "assistant", "content": trace + "\n" + answer}]

@@ -150,7 +150,8 @@ class Recipe:
             tokenizer = train_rerank_tokenizer(self.data, vocab_size=self.preset.tokenizer_vocab_size)
         else:
             tokenizer = load_tokenizer(self.preset.model_name_or_path, gguf_file=self.preset.gguf_file)
-            tokenizer.add_tokens(self.data.special_tokens)
+            if self.preset.add_data_tokens:
+                tokenizer.add_tokens(self.data.special_tokens)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(path)
         return tokenizer
@@ -175,12 +176,13 @@ class Recipe:
         return model
 
     def peft_config(self):
-        """`lora_config` for a stage. A pretrained model's embeddings and LM head are trained in full as well: the
-        rows of the tokens the recipe added (item and evidence tokens, the mask token) start random, and LoRA alone
+        """`lora_config` for a stage. A pretrained model's embeddings and LM head are trained in full as well when
+        the recipe added tokens (`add_data_tokens`): the rows of those tokens (item and evidence tokens, the mask token) start random, and LoRA alone
         cannot train them. (PEFT's `trainable_token_indices`, which trains only those rows, breaks TRL 1.16's fused
         LM head in `SFTTrainer` on a model with tied embeddings: `'TrainableTokensWrapper' object has no attribute
         'bias'`.) The merged model comes out with untied embeddings."""
-        return lora_config(self.preset, train_embeddings=self.preset.model_name_or_path is not None)
+        pretrained = self.preset.model_name_or_path is not None
+        return lora_config(self.preset, train_embeddings=pretrained and self.preset.add_data_tokens)
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
