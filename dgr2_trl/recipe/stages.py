@@ -276,7 +276,8 @@ class Recipe:
         self.timings["ar"] = time.perf_counter() - start
         model = trained_model(trainer)
         metrics = self.evaluate(model, block=False, rows_stage="ar")
-        metrics["validation"] = self.evaluate(model, block=False, split="validation", rows_stage="ar")
+        if p.evaluate_validation:
+            metrics["validation"] = self.evaluate(model, block=False, split="validation", rows_stage="ar")
         return self.save("ar", model, metrics)
 
     def run_naive(self):
@@ -314,7 +315,9 @@ class Recipe:
         trainer.train()
         self.timings["cft"] = time.perf_counter() - start
         model = trained_model(trainer)
-        return self.save("cft", model, self.evaluate(model, block=True, rows_stage="cft"))
+        return self.save(
+            "cft", model, self.evaluate(model, block=True, rows_stage="cft", max_queries=p.diffusion_eval_queries)
+        )
 
     def cft_dataset(self):
         """CFT's training rows: the data's completions, or the AR teacher's greedy answers (`cft_targets`); with
@@ -361,7 +364,9 @@ class Recipe:
         trainer.train()
         self.timings["opd"] = time.perf_counter() - start
         model = trained_model(trainer)
-        return self.save("opd", model, self.evaluate(model, block=True, rows_stage="opd"))
+        return self.save(
+            "opd", model, self.evaluate(model, block=True, rows_stage="opd", max_queries=p.diffusion_eval_queries)
+        )
 
     def run_rl(self):
         from ..trainers.diffusion_grpo_config import DiffusionGRPOConfig
@@ -384,7 +389,9 @@ class Recipe:
         trainer.train()
         self.timings["rl"] = time.perf_counter() - start
         model = trained_model(trainer)
-        return self.save("rl", model, self.evaluate(model, block=True, rows_stage="rl"))
+        return self.save(
+            "rl", model, self.evaluate(model, block=True, rows_stage="rl", max_queries=p.diffusion_eval_queries)
+        )
 
     def run_stage(self, stage: str) -> dict:
         if self.done(stage):
