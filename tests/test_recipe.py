@@ -91,11 +91,22 @@ def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):
 def test_tiny_preset_with_lora_saves_a_dense_trained_model_per_stage(tmp_path):
     """`use_peft=True`: every training stage trains a LoRA adapter and saves it merged, so each stage folder holds
     a dense model with the base model's parameter names, whose weights differ from the stage it started from."""
-    preset = get_preset("tiny", use_peft=True, lora_r=4, lora_alpha=8, frontier_speculative=False)
+    preset = get_preset(
+        "tiny",
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        frontier_speculative=False,
+        diffusion_eval_queries=3,  # the pretrained CPU preset's caps on evaluation
+        evaluate_validation=False,
+    )
     recipe = Recipe(preset, tmp_path)
     for stage in STAGES:
-        recipe.run_stage(stage)
+        metrics = recipe.run_stage(stage)
         assert not (tmp_path / stage / "adapter_config.json").exists(), stage
+        assert metrics["n"] == (3 if stage in ("cft", "opd", "rl") else preset.max_eval_queries), stage
+    assert "validation" not in json.loads((tmp_path / "ar" / "metrics.json").read_text())
+    assert not (tmp_path / "ar" / "validation_rows.jsonl").exists()
     weights = {stage: recipe.load(stage).state_dict() for stage in STAGES}
     assert set(weights["cft"]) == set(weights["naive"]) == set(weights["rl"])  # no lora_A / lora_B left
     # (RL's single tiny step has all-equal rewards, so no gradient: a zero-initialised LoRA B merges to nothing)
@@ -104,6 +115,14 @@ def test_tiny_preset_with_lora_saves_a_dense_trained_model_per_stage(tmp_path):
         assert changed, f"{after} did not change the weights of {before}"
         # LoRA touches the linear layers only (the model from a config has no added-token rows to train)
         assert all("embed_tokens" not in k for k in changed), (after, changed[:3])
+
+
+def test_pretrained_recipe_trains_embedding_rows_only_where_it_added_tokens():
+    recipe = Recipe.__new__(Recipe)  # peft_config reads the preset only
+    recipe.preset = get_preset("smollm2-cpu")  # plain-text prompts: the pretrained vocabulary plus the mask token
+    assert recipe.preset.use_peft and recipe.peft_config().modules_to_save is None
+    recipe.preset = get_preset("smollm2-cpu", add_data_tokens=True)
+    assert set(recipe.peft_config().modules_to_save) == {"embed_tokens", "lm_head"}
 
 
 def test_lora_config_trains_the_embeddings_of_a_pretrained_model():
