@@ -5,8 +5,15 @@ import pytest
 
 from dgr2_trl.data import build_rerank_datasets, load_amazon_beauty
 from dgr2_trl.data.evidence import FEATURES, EvidenceModel, evidence_tokens
-from dgr2_trl.data.feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
+from dgr2_trl.data.feature_ranker import (
+    FeatureRanker,
+    LevelScorer,
+    order_by_score_levels,
+    out_of_fold_scores,
+    strong_first_order,
+)
 from dgr2_trl.data.prompts import (
+    STRONG_SCORE_LEVEL,
     build_best_trace,
     build_completion,
     build_evidence_trace,
@@ -160,54 +167,63 @@ def test_best_trace_and_reasons_in_words():
     for bad in ("<x3>", "<c>", "c5x"):
         with pytest.raises(ValueError, match="evidence level token"):
             evidence_reason(bad)
-    candidates, scores = ["[1]", "[2]", "[3]", "[4]"], [(5, "<c2>"), (9, "<t6>"), (1, "<b0>"), (7, "<v3>")]
-    trace = build_best_trace(candidates, ["[2]", "[4]", "[1]", "[3]"], scores)
-    assert trace == "Best evidence: [2] 9, similar title; [4] 7, similar shoppers; [1] 5, co-bought. " + (
-        "The rest keep the retriever order."
-    )
-    with pytest.raises(ValueError, match=r"\[9\]"):
-        build_best_trace(candidates, ["[9]", "[1]"], scores)
+    strong = STRONG_SCORE_LEVEL
+    candidates = ["[1]", "[2]", "[3]", "[4]"]
+    scores = [(strong - 1, "<c2>"), (9, "<t6>"), (1, "<b0>"), (strong, "<v3>")]
+    trace = build_best_trace(candidates, scores)
+    assert trace == "Strong evidence: [2] similar title; [4] similar shoppers. The rest keep the retriever order."
+    assert build_best_trace(candidates[:1], scores[:1]).startswith("Strong evidence: none.")
+    with pytest.raises(ValueError, match="4 candidates"):
+        build_best_trace(candidates, scores[:2])
+    assert strong_first_order([level for level, _ in scores]) == [1, 3, 0, 2]
     prompt = build_prompt([], candidates, {}, style="scored", scores=scores)[0]["content"]
-    assert "[2] 9 similar title\n" in prompt and "[3] 1 weak\n" in prompt
+    assert "\n[1] weak\n[2] strong: similar title\n[3] weak\n[4] strong: similar shoppers\n" in prompt
     with pytest.raises(ValueError, match="scored"):
         build_prompt([], candidates, {}, style="scored", scores=scores[:2])
 
 
-def test_scored_prompt_needs_the_evidence_score_order():
+def test_scored_prompt_needs_a_scored_order():
     with pytest.raises(ValueError, match="target_order='evidence_score'"):
         build_rerank_datasets(
             load_amazon_beauty(), prompt_style="scored", trace_style="best", target_order="preranker"
         )
+    with pytest.raises(ValueError, match="promote_top=None"):
+        build_rerank_datasets(
+            load_amazon_beauty(), prompt_style="scored", target_order="evidence_strong", promote_top=3
+        )
 
 
-def test_scored_datasets_are_plain_text_and_rank_by_the_written_scores():
+def test_scored_datasets_are_plain_text_and_promote_the_strong_candidates():
     """The pretrained CPU preset's data: no added token but the slot ids, prompt and trace in words, and the answer
-    the top three written scores (ties in prompt order), then the rest in prompt order."""
+    the candidates the prompt marks strong, then the rest, each in prompt order."""
     d = build_rerank_datasets(
         load_amazon_beauty(),
         id_scheme="slot",
         prompt_style="scored",
         trace_style="best",
-        target_order="evidence_score",
+        target_order="evidence_strong",
         history_length=0,
-        promote_top=3,
+        promote_top=None,
         max_train_queries=500,
         max_eval_queries=100,
         seed=0,
     )
     assert d.special_tokens == [f"[{k}]" for k in range(1, 11)]
+    promoted = []
     for split in (d.train, d.test):
         for row in split.select(range(100)):
             cands, prompt = row["candidates"], row["prompt"][0]["content"]
             text = row["completion"][0]["content"]
             assert "<" not in prompt + text  # no level tokens: a pretrained tokenizer reads it as it is
             scores = list(zip(row["score_levels"], row["score_evidence"]))
-            for c, (level, token) in zip(cands, scores):
-                assert f"\n{c} {level} {evidence_reason(token)}\n" in prompt
-            order = [cands[k] for k in order_by_score_levels(row["score_levels"])]
-            ranking = parse_ranking(text, cands).ranking
-            assert ranking == order[:3] + [c for c in cands if c not in order[:3]]
-            assert trace_of(text) == build_best_trace(cands, ranking, scores)
+            strong = [c for c, (level, _) in zip(cands, scores) if level >= STRONG_SCORE_LEVEL]
+            for c, (_, token) in zip(cands, scores):
+                line = f"{c} strong: {evidence_reason(token)}" if c in strong else f"{c} weak"
+                assert f"\n{line}\n" in prompt
+            assert parse_ranking(text, cands).ranking == strong + [c for c in cands if c not in strong]
+            assert trace_of(text) == build_best_trace(cands, scores)
+            promoted.append(len(strong))
+    assert 0 < sum(promoted) / len(promoted) < 9  # the answers differ from the prompt order, and not always
 
 
 CONFIGS = {

@@ -20,7 +20,7 @@ import numpy as np
 from datasets import Dataset
 
 from .evidence import FEATURES, EvidenceModel, evidence_tokens
-from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores
+from .feature_ranker import FeatureRanker, LevelScorer, order_by_score_levels, out_of_fold_scores, strong_first_order
 from .item_ids import ItemIdentifiers, make_item_ids
 from .loading import SequenceData, load_amazon_beauty, load_sequence_data
 from .preranker import TransitionPreRanker, ranking_metrics, top_of_scores
@@ -44,7 +44,8 @@ class _Progress:
 
 
 INSERT_POSITIONS = ("empirical", "last", "uniform")
-TARGET_ORDERS = ("preranker", "feature_ranker", "evidence_score")
+TARGET_ORDERS = ("preranker", "feature_ranker", "evidence_score", "evidence_strong")
+SCORED_ORDERS = ("evidence_score", "evidence_strong")
 
 
 @dataclass
@@ -248,8 +249,8 @@ def build_rerank_datasets(
             titles, then the pick; see `build_short_trace`) or `ids` (the same naming only the related candidates)
             or `evidence` (the candidates most related to the history by their evidence levels, with the strongest
             levels; see `build_evidence_trace`) or `scores` (every candidate's score level, see `build_score_trace`)
-            or `best` (the top three's score and reason in words, see `build_best_trace`); `scores` and `best` need
-            `target_order="evidence_score"`.
+            or `best` (the `scored` prompt's strong candidates and their evidence in words, see `build_best_trace`);
+            `scores` and `best` need `target_order="evidence_score"` or `"evidence_strong"`.
         target_order: how the target ranking orders the candidates below the true item: `preranker` (their
             prompt order) or `feature_ranker` (a `FeatureRanker` on the evidence features, fitted on the training
             queries whose true item the pre-ranker found; those queries get out-of-fold orders). Training queries
@@ -257,7 +258,9 @@ def build_rerank_datasets(
             distillation of a stronger ranker). `evidence_score`: every target ranking (true item or not) is the
             order of a `LevelScorer`'s score levels (a sum of one weight per level token of the prompt, fitted on
             those same natural hits), which the `scores` trace writes out: the answer is a function of the
-            prompt, computed through the trace.
+            prompt, computed through the trace. `evidence_strong`: the candidates whose score level is at least
+            `STRONG_SCORE_LEVEL` first, then the rest, each part in prompt order (the `scored` prompt marks them;
+            needs `promote_top=None`).
         candidate_title_words: title words after each candidate's evidence in the `evidence` prompt (0: none).
         promote_top: with it, the target ranking is its first `promote_top` ids (true item first, then the order
             above) followed by the other candidates in pre-ranker order: R@k and NDCG@k for k <= promote_top are
@@ -301,11 +304,13 @@ def build_rerank_datasets(
     if target_order not in TARGET_ORDERS:
         raise ValueError(f"target_order must be one of {TARGET_ORDERS}, got {target_order!r}")
     needs_scores = [name for name in (prompt_style, trace_style) if name in ("scored", "scores", "best")]
-    if needs_scores and target_order != "evidence_score":
+    if needs_scores and target_order not in SCORED_ORDERS:
         raise ValueError(
             f"style {needs_scores[0]!r} writes the evidence score levels of a LevelScorer, which only "
-            f"target_order='evidence_score' fits; got target_order={target_order!r}"
+            f"target_order='evidence_score' or 'evidence_strong' fits; got target_order={target_order!r}"
         )
+    if target_order == "evidence_strong" and promote_top is not None:
+        raise ValueError("target_order='evidence_strong' promotes every strong candidate; pass promote_top=None")
     if insert_position not in INSERT_POSITIONS:
         raise ValueError(f"insert_position must be one of {INSERT_POSITIONS}, got {insert_position!r}")
     if data is None:
@@ -343,7 +348,7 @@ def build_rerank_datasets(
     use_evidence = (
         "evidence" in (prompt_style, trace_style)
         or prompt_style == "scored"
-        or target_order in ("feature_ranker", "evidence_score")
+        or target_order in ("feature_ranker", *SCORED_ORDERS)
     )
     evidence_model = EvidenceModel(seed=seed).fit(split.train, data.titles) if use_evidence else None
 
@@ -423,7 +428,7 @@ def build_rerank_datasets(
         )
         if target_order == "feature_ranker":
             orders = anchor
-        elif target_order == "evidence_score":
+        elif target_order in SCORED_ORDERS:
             natural = [q.target in c and not ins for q, c, ins in zip(train_queries, train_cands, train_inserted)]
             fit = np.stack([lv for lv, ok in zip(evidence["train"], natural) if ok])
             targets = np.array([c.index(q.target) for q, c, ok in zip(train_queries, train_cands, natural) if ok])
@@ -436,7 +441,8 @@ def build_rerank_datasets(
                     [(int(r), f"<{EVIDENCE_LETTERS[f]}{int(lv[f])}>") for r, f, lv in zip(rs, fs, lvs)]
                     for rs, fs, lvs in zip(score_levels, strongest, stacked)
                 ]
-                orders[name] = [order_by_score_levels(rs) for rs in score_levels]
+                order = order_by_score_levels if target_order == "evidence_score" else strong_first_order
+                orders[name] = [order(rs) for rs in score_levels]
             stats["evidence_score_metrics"] = {
                 name: _order_metrics(triples, orders[name]) for name, triples in eval_pairs.items()
             }
@@ -467,7 +473,7 @@ def build_rerank_datasets(
                 candidate_title_words,
                 promote_top,
                 None if score_rows[name] is None else score_rows[name][k],
-                target_order != "evidence_score",
+                target_order not in SCORED_ORDERS,
             )
             for k, (q, c, ins) in enumerate(zip(queries, cand_lists, inserted_flags))
         ]

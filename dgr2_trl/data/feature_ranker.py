@@ -157,6 +157,14 @@ class LevelScorer:
         return gain.argmax(-1)
 
 
+def strong_first_order(score_levels) -> list[int]:
+    """Candidate indices with a score level >= `STRONG_SCORE_LEVEL` first, then the rest, each in prompt order."""
+    from .prompts import STRONG_SCORE_LEVEL
+
+    strong = [k for k, level in enumerate(score_levels) if int(level) >= STRONG_SCORE_LEVEL]
+    return strong + [k for k in range(len(score_levels)) if k not in strong]
+
+
 def order_by_score_levels(score_levels) -> list[int]:
     """Candidate indices by score level, highest first, ties in prompt order."""
     return sorted(range(len(score_levels)), key=lambda k: (-int(score_levels[k]), k))

@@ -418,7 +418,8 @@ PRESETS = {
     # the README's main job: a small model from a config, <= 30 minutes on a 2-core CPU
     "default": RecipePreset(name="default"),
     # SmolLM2-135M-Instruct through the whole recipe on a 2-core CPU in <= 90 minutes: LoRA, a plain-text prompt
-    # (no added tokens but the mask), a reasoning trace in words, 300 evaluation users
+    # (no added tokens but the mask) marking the candidates with strong evidence, a reasoning trace in words naming
+    # them, answers promoting them; 200 test users for the teacher, 64 for the diffusion stages
     "smollm2-cpu": RecipePreset(
         name="smollm2-cpu",
         model_name_or_path="smollm2",
@@ -426,10 +427,10 @@ PRESETS = {
         add_data_tokens=False,
         prompt_style="scored",
         trace_style="best",
-        target_order="evidence_score",
-        promote_top=3,
+        target_order="evidence_strong",
+        promote_top=None,
         history_length=0,
-        max_train_queries=4000,
+        max_train_queries=None,  # the evidence scorer is fitted on every training query (4,000: below the floor)
         max_eval_queries=200,
         naive_eval_queries=32,
         diffusion_eval_queries=64,
@@ -450,7 +451,7 @@ PRESETS = {
         rl_num_generations=4,
         rollout_max_steps_per_block=3,
         block_size=32,
-        max_new_tokens=96,
+        max_new_tokens=128,  # up to 108 tokens when many candidates are strong
         eval_batch_size=32,
         frontier_thresholds=[0.9, 0.5],
         frontier_fallbacks=["leftmost"],
