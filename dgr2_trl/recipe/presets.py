@@ -35,7 +35,9 @@ class RecipePreset:
         default="evidence",
         metadata={
             "help": (
-                "Prompt layout: 'evidence', 'compact' or 'full' (history and candidate titles). Why this default: "
+                "Prompt layout: 'evidence', 'compact', 'full' (history and candidate titles) or 'scored' (plain "
+                "text for a pretrained tokenizer: each candidate marked strong, with its evidence in words, or weak). "
+                "Why this default: "
                 '"evidence": compact prompt whose candidate lines carry evidence level tokens (retriever score, '
                 "co-occurrence with the history, title words, interaction similarity, brand, popularity; see "
                 "dgr2_trl.data.evidence), the features a re-ranking stage normally has. Without them a model of "
@@ -48,7 +50,8 @@ class RecipePreset:
         default="scores",
         metadata={
             "help": (
-                "Reasoning trace before the answer: 'scores', 'evidence', 'ids', 'short' or 'full'. Why this "
+                "Reasoning trace before the answer: 'scores', 'evidence', 'ids', 'short', 'full' or 'best' (the "
+                "'scored' prompt's strong candidates and their evidence, in words). Why this "
                 'default: "scores": the trace writes each candidate\'s evidence score level (a sum of one weight '
                 "per level token: a LevelScorer fitted on the training queries whose true item the pre-ranker "
                 "found) and its strongest evidence token, ~40 tokens computed from the prompt alone; the answer "
@@ -60,7 +63,8 @@ class RecipePreset:
         default="evidence_score",
         metadata={
             "help": (
-                "Order of the target ranking: 'evidence_score', 'feature_ranker' or 'preranker'. Why this "
+                "Order of the target ranking: 'evidence_score', 'feature_ranker', 'preranker' or 'evidence_strong' "
+                "(the candidates with a score level >= 7 first, then the rest, each in prompt order). Why this "
                 'default: "evidence_score": every target ranking follows the trace\'s scores (ties in prompt '
                 'order), so the answer is a function of the prompt. Tried first: "feature_ranker" (an MLP on '
                 "the raw features; the true item first where known): 500 AR steps wrote valid answers (0.999) but "
