@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .prompts import STRONG_SCORE_LEVEL
+
 
 # log1p before standardising: counts and IDF sums are heavy-tailed
 _LOG_FEATURES = (1, 2)
@@ -159,8 +161,6 @@ class LevelScorer:
 
 def strong_first_order(score_levels) -> list[int]:
     """Candidate indices with a score level >= `STRONG_SCORE_LEVEL` first, then the rest, each in prompt order."""
-    from .prompts import STRONG_SCORE_LEVEL
-
     strong = [k for k, level in enumerate(score_levels) if int(level) >= STRONG_SCORE_LEVEL]
     return strong + [k for k in range(len(score_levels)) if k not in strong]
 
