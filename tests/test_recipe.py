@@ -133,3 +133,30 @@ def test_lora_config_trains_the_embeddings_of_a_pretrained_model():
     assert config.r == 8 and config.target_modules == "all-linear"
     assert set(config.modules_to_save) == {"embed_tokens", "lm_head"}
     assert lora_config(get_preset("tiny", use_peft=True)).modules_to_save is None
+
+
+def test_lora_layers_adapt_only_the_named_decoder_layers():
+    from peft import get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from dgr2_trl.recipe.stages import lora_config
+
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    adapted = get_peft_model(
+        Qwen3ForCausalLM(config), lora_config(get_preset("tiny", use_peft=True, lora_layers=[2, 3]))
+    )
+    layers = {int(name.split("layers.")[1].split(".")[0]) for name, _ in adapted.named_parameters() if "lora_" in name}
+    assert layers == {2, 3}
+    everywhere = get_peft_model(Qwen3ForCausalLM(config), lora_config(get_preset("tiny", use_peft=True)))
+    layers = {
+        int(name.split("layers.")[1].split(".")[0]) for name, _ in everywhere.named_parameters() if "lora_" in name
+    }
+    assert layers == {0, 1, 2, 3}

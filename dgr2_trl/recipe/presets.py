@@ -162,6 +162,16 @@ class RecipePreset:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (with use_peft)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with use_peft)."})
+    lora_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Decoder layers that get LoRA adapters (PEFT's `layers_to_transform`; None: every layer). Adapting only "
+                "the top layers stops the backward pass there: on a CPU, SmolLM2 with its top 10 of 30 layers adapted "
+                "trains about 2x faster per step than with all 30."
+            )
+        },
+    )
     block_size: int = field(
         default=32,
         metadata={
@@ -428,6 +438,7 @@ PRESETS = {
         name="smollm2-cpu",
         model_name_or_path="smollm2",
         use_peft=True,
+        lora_layers=list(range(20, 30)),  # the top 10 of 30: ~2x faster steps on a CPU than all 30
         add_data_tokens=False,
         prompt_style="scored",
         trace_style="best",
@@ -440,11 +451,11 @@ PRESETS = {
         diffusion_eval_queries=64,
         evaluate_validation=False,
         ar_batch_size=8,
-        ar_steps=40,
+        ar_steps=120,  # 40 steps learnt the format only (copied the retriever on 99.5%); ~100 start to promote
         ar_learning_rate=1e-3,
         batch_size=8,
         cft_targets="data",
-        cft_steps=40,
+        cft_steps=120,
         cft_learning_rate=1e-3,
         opd_steps=3,
         opd_learning_rate=1e-4,
@@ -454,7 +465,7 @@ PRESETS = {
         rl_learning_rate=1e-4,
         rl_num_generations=4,
         rollout_max_steps_per_block=3,
-        block_size=32,
+        block_size=8,  # a pass recomputes the block for every row: 8 positions cost ~4x less than 32 on a CPU
         max_new_tokens=128,  # up to 108 tokens when many candidates are strong
         eval_batch_size=32,
         frontier_thresholds=[0.9, 0.5],

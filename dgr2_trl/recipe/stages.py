@@ -79,10 +79,10 @@ def rollout_args(preset: RecipePreset) -> dict:
 
 
 def lora_config(preset: RecipePreset, train_embeddings: bool = False):
-    """The stages' LoRA adapter (all linear layers but the LM head) through TRL's `get_peft_config`, or None
-    without `use_peft`; `train_embeddings` also trains the input embeddings and the LM head in full
-    (`modules_to_save`)."""
-    return get_peft_config(
+    """The stages' LoRA adapter (all linear layers but the LM head, of the decoder layers in `preset.lora_layers`
+    or all of them) through TRL's `get_peft_config`, or None without `use_peft`; `train_embeddings` also trains the
+    input embeddings and the LM head in full (`modules_to_save`)."""
+    config = get_peft_config(
         ModelConfig(
             use_peft=preset.use_peft,
             lora_r=preset.lora_r,
@@ -92,6 +92,11 @@ def lora_config(preset: RecipePreset, train_embeddings: bool = False):
             lora_modules_to_save=["embed_tokens", "lm_head"] if train_embeddings else None,
         )
     )
+    if config is not None and preset.lora_layers is not None:
+        # TRL's ModelConfig has no field for it; PEFT matches the index after `layers.` in the module name
+        config.layers_to_transform = list(preset.lora_layers)
+        config.layers_pattern = "layers"
+    return config
 
 
 def trained_model(trainer):
