@@ -128,6 +128,12 @@ def test_trace_agreement_counts_exact_traces():
     right = "Related: [1]<c5>.\n{}"
     stats = trace_agreement([{"text": right}, {"text": "Related: [2]<c5>.\n{}"}], data)
     assert stats == {"num_distinct_traces": 2, "n": 2, "agreement": 0.5}
+    # with completions (any trace style), the data's own trace is the expected one
+    data = Rows(candidates=[["[1]", "[2]"]] * 2, completion=[[{"role": "assistant", "content": right}]] * 2)
+    data.column_names = ["candidates", "completion"]
+    best = "Strong evidence: none. The rest keep the retriever order.\n{}"
+    stats = trace_agreement([{"text": right}, {"text": best}], data)
+    assert stats == {"num_distinct_traces": 2, "n": 2, "agreement": 0.5}
 
 
 def test_level_scorer_is_a_sum_of_token_weights():

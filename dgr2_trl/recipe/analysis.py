@@ -23,14 +23,18 @@ def trace_of(text: str) -> str:
 
 
 def trace_agreement(rows: list[dict], dataset) -> dict:
-    """Share of outputs whose trace equals the one computed from the prompt (`build_score_trace` where the
-    dataset has `score_levels`, else `build_evidence_trace` where it has `evidence`), and the number of distinct
-    traces."""
+    """Share of outputs whose trace equals the one computed from the prompt, and the number of distinct traces.
+
+    The expected trace is the data's own (the trace of its `completion`, computed from the prompt whatever the
+    trace style: tests pin that it never depends on the answer); a dataset without completions falls back to
+    `build_score_trace` where it has `score_levels`, else `build_evidence_trace` where it has `evidence`."""
     traces = [trace_of(r["text"]) for r in rows]
     out = {"num_distinct_traces": len(set(traces)), "n": len(rows)}
     names = dataset.column_names
     expected = None
-    if "score_levels" in names:
+    if "completion" in names:
+        expected = [trace_of(c[-1]["content"] if isinstance(c, list) else c) for c in dataset["completion"]]
+    elif "score_levels" in names:
         expected = [
             build_score_trace(c, r, t)
             for c, r, t in zip(dataset["candidates"], dataset["score_levels"], dataset["score_evidence"])
