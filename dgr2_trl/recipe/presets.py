@@ -464,7 +464,9 @@ PRESETS = {
         rl_steps=3,
         rl_learning_rate=1e-4,
         rl_num_generations=4,
-        rollout_max_steps_per_block=3,
+        # no forced commits in rollouts: capping block 8 at 3 steps (>= 3 tokens per pass) made every OPD and RL
+        # rollout invalid (RL reward -1 for all, no signal), where greedy decoding needs ~1.5 tokens per pass
+        rollout_max_steps_per_block=8,
         block_size=8,  # a pass recomputes the block for every row: 8 positions cost ~4x less than 32 on a CPU
         max_new_tokens=128,  # up to 108 tokens when many candidates are strong
         eval_batch_size=32,
