@@ -160,3 +160,7 @@ def test_lora_layers_adapt_only_the_named_decoder_layers():
         int(name.split("layers.")[1].split(".")[0]) for name, _ in everywhere.named_parameters() if "lora_" in name
     }
     assert layers == {0, 1, 2, 3}
+    # the command line takes the list
+    from dgr2_trl.recipe.cli import parse_args
+
+    assert parse_args(["--preset", "tiny", "--lora_layers", "2", "3"])[1].lora_layers == [2, 3]
