@@ -1,7 +1,8 @@
 """Speculative decoding on a finished recipe run, beside AR and the block decoder, interleaved and repeated.
 
 Every round decodes the same queries with the AR teacher, the block decoder (the student alone) and the
-speculative sampler (the student drafts; the teacher, or the student's own AR mode, verifies), back to back. The
+speculative sampler (the student drafts; the teacher, or the student's own AR mode, verifies; "self, fused" shares
+each block-completing verification with the next block's first denoising step), back to back. The
 speculative rows must write exactly the AR verifier's text (reported as `identical_to_verifier`); the report gives
 the median per-round speed ratio over AR, tokens per verification, and drafter / verifier passes per token.
 
@@ -24,7 +25,7 @@ def decode(recipe, sampler, batch_size, n):
     """Tokens/s and the texts of `sampler` on the first `n` test prompts (plus its speculative statistics)."""
     prompts = [recipe.test[i]["prompt"] for i in range(n)]
     texts, tokens, seconds, passes = [], 0, 0.0, []
-    verifications = accepted = drafter = verifier = 0
+    verifications = accepted = drafter = verifier = fused = fused_kept = 0
     for start in range(0, n, batch_size):
         out = sampler.generate(prompts[start : start + batch_size], max_new_tokens=recipe.preset.max_new_tokens)
         texts += out.texts
@@ -36,6 +37,8 @@ def decode(recipe, sampler, batch_size, n):
             accepted += sum(sum(r) for r in out.accepted_per_round)
             drafter += out.drafter_passes
             verifier += out.verifier_passes
+            fused += out.fused_passes
+            fused_kept += out.fused_kept
     stats = {"tokens_per_second": tokens / seconds, "forward_passes_per_token": statistics.mean(passes)}
     if verifications:
         stats.update(
@@ -43,6 +46,8 @@ def decode(recipe, sampler, batch_size, n):
             mean_accepted_drafts=accepted / verifications,
             drafter_calls=drafter,
             verifier_calls=verifier,
+            fused_verifier_calls=fused,
+            fused_steps_kept=fused_kept,
         )
     return texts, stats
 
@@ -55,6 +60,7 @@ def main():
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no_fused", action="store_true", help="leave out self-speculation with fuse_next_draft=True")
     args = parser.parse_args()
     recipe = Recipe(get_preset(args.preset), args.recipe_dir)
     teacher, student = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
@@ -65,6 +71,10 @@ def main():
         for name, verifier in (("teacher", teacher), ("self", None)):
             samplers[f"speculative ({name}) {threshold}"] = SpeculativeSampler(
                 student, tok, verifier=verifier, threshold=threshold, fallback=args.fallback
+            )
+        if not args.no_fused:
+            samplers[f"speculative (self, fused) {threshold}"] = SpeculativeSampler(
+                student, tok, threshold=threshold, fallback=args.fallback, fuse_next_draft=True
             )
     for sampler in samplers.values():  # no timed call pays for first-call costs
         sampler.generate([recipe.test[0]["prompt"]], max_new_tokens=8)

@@ -58,6 +58,74 @@ def test_greedy_equals_the_verifiers_greedy_batched_and_one_by_one(
         assert out.drafter_passes == 0 and out.mean_accepted_tokens == 0
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+@pytest.mark.parametrize("threshold", [0.9, 0.0])
+def test_fused_next_draft_keeps_the_verifiers_greedy_output_with_fewer_calls(tokenizer, block_size, threshold):
+    drafter, tok = make_converted(tokenizer, block_size=block_size, seed=0)
+    expected = ARSampler(drafter, tok).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    plain = SpeculativeSampler(drafter, tok, threshold=threshold).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    sampler = SpeculativeSampler(drafter, tok, threshold=threshold, fuse_next_draft=True)
+    fused = sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert fused.completion_ids == expected.completion_ids
+    for got, want in zip(fused.logprobs, expected.logprobs):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-9)
+    one_by_one = [sampler.generate([prompt], max_new_tokens=MAX_NEW) for prompt in PROMPTS]
+    assert [out.completion_ids[0] for out in one_by_one] == expected.completion_ids
+    assert fused.num_prefill_passes == 1 and fused.num_forward_passes == fused.drafter_passes + fused.verifier_passes
+    if block_size == 1:
+        assert fused.fused_passes == fused.drafter_passes == plain.drafter_passes == 0
+        return
+    # without fusion every round drafts at least once; a kept fused step is a round's first drafting step
+    assert plain.drafter_passes >= plain.verifier_passes
+    assert fused.fused_kept > 0 and fused.fused_passes >= 1
+    if threshold == 0.0:
+        # the kept step commits the whole next block, so that round makes no drafter call at all
+        assert sum(o.drafter_passes for o in one_by_one) < sum(o.verifier_passes for o in one_by_one)
+
+
+def test_fused_step_sees_the_finished_block_under_the_block_rule(tokenizer, monkeypatch):
+    """The fused step's log-probs equal an uncached block-rule forward of [prompt, finished blocks, masked block]."""
+    from dgr2_trl.modeling.forward import forward_logits
+    from dgr2_trl.modeling.masks import block_attention_mask
+    from dgr2_trl.samplers import speculative
+
+    size = 4
+    drafter, tok = make_converted(tokenizer, block_size=size, seed=0)
+    seen = []
+    original = speculative._Rows._predraft
+
+    def record(self, next_draft):
+        for entry, row in enumerate(self.rows.tolist()):
+            if next_draft.kept_block[entry]:
+                # the verifier's own token (just appended) opens the next block
+                seen.append((row, list(self.tokens[row][:-1]), next_draft.log_probs[entry].clone()))
+        original(self, next_draft)
+
+    monkeypatch.setattr(speculative._Rows, "_predraft", record)
+    sampler = SpeculativeSampler(drafter, tok, threshold=0.0, fuse_next_draft=True)
+    sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert seen
+    mask_id = sampler.mask_token_id
+    for row, completion, log_probs in seen:
+        prompt = tok(PROMPTS[row], add_special_tokens=False)["input_ids"]
+        assert len(completion) % size == 0  # the fused step follows whole blocks
+        ids = torch.tensor([prompt + completion + [mask_id] * size])
+        n_prompt, n_done = len(prompt), len(completion)
+        blocks = torch.tensor([list(range(n_prompt)) + [n_prompt + i // size for i in range(n_done + size)]])
+        noisy = torch.tensor([[False] * (n_prompt + n_done) + [True] * size])
+        allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
+        columns = torch.arange(n_prompt + n_done, n_prompt + n_done + size - 1)
+        logits = forward_logits(drafter, ids, torch.arange(ids.shape[1])[None], allowed, columns)
+        logits[..., mask_id] = float("-inf")
+        torch.testing.assert_close(log_probs, logits[0].log_softmax(-1), rtol=0, atol=1e-9)
+
+
+def test_fuse_next_draft_needs_self_speculation(tokenizer, verifier):
+    drafter, tok = make_converted(tokenizer, block_size=4)
+    with pytest.raises(ValueError, match="fuse_next_draft.*verifier=None"):
+        SpeculativeSampler(drafter, tok, verifier=verifier, fuse_next_draft=True)
+
+
 def test_prefix_commits_are_left_to_right_runs():
     todo = torch.tensor([[False, True, True, True, True], [True, True, True, False, False]])
     confidence = torch.tensor([[0.0, 0.2, 0.95, 0.99, 0.1], [0.99, 0.1, 0.99, 0.99, 0.99]])

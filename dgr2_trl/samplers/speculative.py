@@ -10,6 +10,13 @@ speculative-sampling rule). The verifier is an AR model (the teacher the student
 Rows advance by different amounts each round. Rather than cropping caches row by row, rejected tokens stay in the
 verifier's cache as keys nobody may attend (`key_valid` False), and the drafter's cache only ever holds finished
 blocks (a row that finished none this round writes an unattended placeholder block).
+
+With `fuse_next_draft=True` (self-speculation, greedy) a verification whose drafts complete a row's block also runs
+the next block's first denoising step in the same forward: the drafted block is written under the block rule and
+the next block's masked queries see it, so where every draft is accepted (the only case in which that step is kept)
+the step saw exactly the tokens the row keeps. Otherwise the step is discarded; the output is the verifier's either
+way. One cache then holds both views (causal keys of kept tokens, block-rule keys of finished blocks), each query
+attending only its own view's keys.
 """
 
 from __future__ import annotations
@@ -53,11 +60,15 @@ class SpeculativeOutput(GenerationOutput):
         verifier_passes: verifier calls after its prompt prefill (one per round).
         accepted_per_round: per row, how many drafted tokens each verification kept (the verifier's own token
             comes on top).
+        fused_passes: verifier calls that also ran the next block's first denoising step (`fuse_next_draft`).
+        fused_kept: row-rounds whose fused step was kept (every draft of the block accepted).
     """
 
     drafter_passes: int = 0
     verifier_passes: int = 0
     accepted_per_round: list[list[int]] = field(default_factory=list)
+    fused_passes: int = 0
+    fused_kept: int = 0
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -112,6 +123,9 @@ class SpeculativeSampler:
             `BlockDiffusionSampler`). Sampled drafts (temperature > 0) always commit left to right
             (`prefix_commits`), so the acceptance rule stays exact.
         eos_token_id: end-of-sequence id(s); default the tokenizer's.
+        fuse_next_draft: self-speculation only, greedy only: a verification that can complete a row's block also
+            runs the next block's first denoising step in the same forward (kept where every draft is accepted).
+            Saves a drafter call per completed block at the cost of a wider verification; see the module docstring.
     """
 
     def __init__(
@@ -124,6 +138,7 @@ class SpeculativeSampler:
         fallback: str = "confidence",
         max_steps_per_block: int | None = None,
         eos_token_id: int | list[int] | None = None,
+        fuse_next_draft: bool = False,
     ):
         settings, block_size = block_settings_of(drafter, block_size, "drafter")
         if fallback not in FALLBACKS:
@@ -149,6 +164,12 @@ class SpeculativeSampler:
         self.max_steps_per_block = check_steps_per_block(max_steps_per_block)
         self.eos = eos_ids(tokenizer, eos_token_id)
         warn_without_eos(self.eos)
+        if fuse_next_draft and verifier is not None and verifier is not drafter:
+            raise ValueError(
+                "fuse_next_draft shares one forward between verifying and drafting, so it needs verifier=None "
+                "(self-speculation); a separate verifier has other weights"
+            )
+        self.fuse_next_draft = bool(fuse_next_draft)
 
     @property
     def self_speculative(self) -> bool:
@@ -172,8 +193,8 @@ class SpeculativeSampler:
         rows = _Rows.start(self, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
         while rows.count:
             drafts = self._draft(rows, temperature, generator)
-            kept, new_tokens, new_logprobs = self._verify(rows, drafts, temperature, generator)
-            rows.advance(kept, new_tokens, new_logprobs)
+            kept, new_tokens, new_logprobs, next_draft = self._verify(rows, drafts, temperature, generator)
+            rows.advance(kept, new_tokens, new_logprobs, next_draft)
         return rows.output(self.tokenizer, time.perf_counter() - start)
 
     # -- 1. draft: denoise the rest of each row's block ------------------------------------------------------------
@@ -185,7 +206,9 @@ class SpeculativeSampler:
         block = rows.block.clone()
         offsets = torch.arange(size, device=block.device)
         todo = (offsets >= rows.fixed[:, None]) & (offsets < (rows.fixed + rows.budget)[:, None])
-        drafted = torch.zeros_like(todo)
+        drafted = rows.predrafted & todo  # committed by a fused verification's denoising step
+        todo &= ~drafted
+        todo &= ~self._after_drafted_eos(block, drafted)
         q_log = None
         step = 0
         while todo.any():
@@ -204,10 +227,7 @@ class SpeculativeSampler:
             block = torch.where(commit, chosen, block)
             drafted |= commit
             todo &= ~commit
-            # nothing after a drafted end-of-sequence token can be kept
-            if self.eos:
-                eos_drafted = drafted & torch.isin(block, torch.tensor(self.eos, device=block.device))
-                todo &= ~((eos_drafted.long().cumsum(-1) - eos_drafted.long()) > 0)
+            todo &= ~self._after_drafted_eos(block, drafted)
             rows.drafter_steps(took_part)
             step += 1
         # the draft is the contiguous run after the fixed prefix; drafts behind a drafted EOS are dropped
@@ -217,6 +237,13 @@ class SpeculativeSampler:
             eos_at = contiguous & torch.isin(block, torch.tensor(self.eos, device=block.device))
             contiguous &= (eos_at.long().cumsum(-1) - eos_at.long()) == 0
         return _Drafts(block=block, count=contiguous.sum(-1), q_log=q_log)
+
+    def _after_drafted_eos(self, block: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
+        """Positions after a drafted end-of-sequence token: nothing there can be kept."""
+        if not self.eos:
+            return torch.zeros_like(drafted)
+        eos_drafted = drafted & torch.isin(block, torch.tensor(self.eos, device=block.device))
+        return (eos_drafted.long().cumsum(-1) - eos_drafted.long()) > 0
 
     def _drafter_log_probs(self, rows: _Rows, block: torch.Tensor, temperature: float) -> torch.Tensor:
         """One drafter call on the noisy block (after the pending clean block of rows that finished one): the
@@ -248,7 +275,7 @@ class SpeculativeSampler:
         )
         rows.drafter_cache.crop(-size)  # the noisy block's KV is never kept
         if writes:
-            rows.drafter_key_valid = torch.cat([rows.drafter_key_valid, parts_valid[0]], 1)
+            rows.keys_written(drafter=parts_valid[0])
             first = self._log_probs(self.drafter, self.mask_token_id, hidden[:, size - 1], temperature)
             rows.first_log_probs = torch.where(rows.pending_valid[:, None], first, rows.first_log_probs)
             rows.pending_valid = torch.zeros_like(rows.pending_valid)
@@ -259,11 +286,12 @@ class SpeculativeSampler:
     # -- 2. verify: one causal forward over [last kept token, drafts] ----------------------------------------------
     def _verify(self, rows: _Rows, drafts: _Drafts, temperature: float, generator):
         """Score the drafts with the verifier and apply the acceptance rule. Returns per row the number of drafts
-        kept and the new tokens (kept drafts, then the verifier's own token) with their verifier log-probs."""
-        batch, device = rows.count, drafts.block.device
+        kept, the new tokens (kept drafts, then the verifier's own token) with their verifier log-probs, and the
+        next block's fused denoising step (`_NextDraft`, or None when this verification ran none)."""
+        batch, device, size = rows.count, drafts.block.device, self.block_size
         width = 1 + int(drafts.count.max())
         columns = torch.arange(width, device=device)
-        gather_at = (rows.fixed[:, None] + columns[None, :-1]).clamp(max=self.block_size - 1)
+        gather_at = (rows.fixed[:, None] + columns[None, :-1]).clamp(max=size - 1)
         draft_ids = drafts.block.gather(1, gather_at)  # (B, width - 1)
         ids = torch.cat([rows.last_token[:, None], draft_ids], 1)
         valid = columns < (1 + drafts.count)[:, None]
@@ -271,12 +299,14 @@ class SpeculativeSampler:
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         among = (causal[None] & valid[:, None, :])[:, None]  # padding queries still see the cached prompt
         cached = rows.verifier_key_valid[:, None, None, :].expand(-1, 1, width, -1)
-        hidden = decoder_hidden_states(
-            self.verifier, ids, positions, torch.cat([cached, among], -1), rows.verifier_cache
-        )
+        allowed = torch.cat([cached, among], -1)
+        fuse = self._fused_rows(rows, drafts, temperature)
+        if fuse is not None:
+            ids, positions, allowed = self._with_next_block(rows, drafts, ids, positions, allowed)
+        hidden = decoder_hidden_states(self.verifier, ids, positions, allowed, rows.verifier_cache)
         rows.verifier_passes += 1
         rows.verifier_steps()
-        p_log = self._log_probs(self.verifier, self.verifier_mask_id, hidden, temperature)
+        p_log = self._log_probs(self.verifier, self.verifier_mask_id, hidden[:, :width], temperature)
         p_log = self._pad_vocab(p_log)  # (B, width, V)
         draft_p = p_log[:, :-1].gather(-1, draft_ids[..., None]).squeeze(-1)
         if temperature > 0:
@@ -300,8 +330,61 @@ class SpeculativeSampler:
         new_logprobs = torch.cat([draft_p, at_next.gather(-1, own[:, None])], 1).scatter(
             1, kept[:, None], at_next.gather(-1, own[:, None])
         )
-        rows.verifier_key_valid = torch.cat([rows.verifier_key_valid, columns[None, :] <= kept[:, None]], 1)
-        return kept, new_tokens, new_logprobs
+        verified = columns[None, :] <= kept[:, None]
+        if fuse is None:
+            rows.keys_written(verifier=verified)
+            return kept, new_tokens, new_logprobs, None
+        # -- 2b. the fused step: kept only where the whole drafted block was accepted --------------------------
+        rows.verifier_cache.crop(-size)  # the next block's noisy KV is never kept
+        kept_block = fuse & (kept == drafts.count)
+        no_keys = torch.zeros(batch, size, dtype=torch.bool, device=device)
+        rows.keys_written(
+            verifier=torch.cat([verified, no_keys], 1),
+            drafter=torch.cat([torch.zeros_like(verified), kept_block[:, None].expand(-1, size)], 1),
+        )
+        rows.fused_passes += 1
+        # position i > 0 of the next block is read at the noisy query i - 1 (the AR shift); position 0 is `own`
+        later = self._log_probs(self.drafter, self.mask_token_id, hidden[:, width + size : -1], temperature)
+        return kept, new_tokens, new_logprobs, _NextDraft(kept_block=kept_block, log_probs=later)
+
+    def _fused_rows(self, rows: _Rows, drafts: _Drafts, temperature: float) -> torch.Tensor | None:
+        """Rows whose verification runs the next block's first denoising step: drafts that reach the block end
+        without an end-of-sequence token, with room left for another block. None when no row qualifies (or fusion
+        is off, sampling, or the block is one token)."""
+        if not self.fuse_next_draft or temperature > 0 or self.block_size == 1:
+            return None
+        size = self.block_size
+        fills = rows.fixed + drafts.count == size
+        room = rows.produced + drafts.count + 1 < rows.max_new_tokens
+        if self.eos:
+            offsets = torch.arange(size, device=drafts.block.device)
+            in_draft = (offsets >= rows.fixed[:, None]) & (offsets < (rows.fixed + drafts.count)[:, None])
+            eos = torch.tensor(self.eos, device=drafts.block.device)
+            fills &= ~(torch.isin(drafts.block, eos) & in_draft).any(-1)
+        fuse = fills & room
+        return fuse if fuse.any() else None
+
+    def _with_next_block(self, rows: _Rows, drafts: _Drafts, ids, positions, allowed):
+        """Append to the verification's queries the drafted block (clean, under the block rule) and the next block
+        (every position masked). Those queries attend the drafter's view of the shared cache, the clean block
+        bidirectionally and, for the noisy block, itself; the verification's queries attend neither."""
+        size, device = self.block_size, ids.device
+        batch, width = ids.shape
+        offsets = torch.arange(size, device=device)
+        clean = drafts.block
+        noisy = torch.full_like(clean, self.mask_token_id)
+        ids = torch.cat([ids, clean, noisy], 1)
+        positions = torch.cat(
+            [positions, rows.block_start[:, None] + offsets, rows.block_start[:, None] + size + offsets], 1
+        )
+        blocks = torch.cat([torch.ones_like(clean), torch.full_like(noisy, 2)], 1)
+        is_noisy = torch.cat([torch.zeros_like(clean, dtype=torch.bool), torch.ones_like(noisy, dtype=torch.bool)], 1)
+        among = block_attention_mask(blocks, is_noisy, blocks, is_noisy, torch.ones_like(is_noisy))
+        cached = rows.drafter_key_valid[:, None, None, :].expand(-1, 1, 2 * size, -1)
+        unseen = torch.zeros(batch, 1, 2 * size, width, dtype=torch.bool, device=device)
+        draft_rows = torch.cat([cached, unseen, among], -1)
+        verify_rows = torch.cat([allowed, torch.zeros(batch, 1, width, 2 * size, dtype=torch.bool, device=device)], -1)
+        return ids, positions, torch.cat([verify_rows, draft_rows], 2)
 
     def _log_probs(self, model, mask_token_id, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
         logits = model.get_output_embeddings()(hidden)
@@ -313,6 +396,12 @@ class SpeculativeSampler:
         if extra <= 0:
             return log_probs
         return torch.nn.functional.pad(log_probs, (0, extra), value=float("-inf"))
+
+
+@dataclass
+class _NextDraft:
+    kept_block: torch.Tensor  # (B,) rows whose fused step is kept (their whole drafted block was accepted)
+    log_probs: torch.Tensor  # (B, S - 1, V) the drafter's log-probs for next-block positions 1..S-1
 
 
 @dataclass
@@ -339,7 +428,10 @@ class _Rows:
         allowed = block_attention_mask(blocks, clean, blocks, clean, valid)
         self.drafter_cache = DynamicCache(config=sampler.drafter.config)
         hidden = decoder_hidden_states(sampler.drafter, prompt_ids, positions, allowed, self.drafter_cache)
-        if sampler.self_speculative:
+        self.shared_cache = sampler.self_speculative and sampler.fuse_next_draft
+        if self.shared_cache:
+            self.verifier_cache = self.drafter_cache  # one cache, two views (`keys_written`)
+        elif sampler.self_speculative:
             # the prompt is causal under the block rule too, so one prefill serves both caches
             self.verifier_cache = copy.deepcopy(self.drafter_cache)
         else:
@@ -357,6 +449,7 @@ class _Rows:
         self.block_start = lengths.clone()
         self.pending = torch.zeros_like(self.block)
         self.pending_valid = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.predrafted = torch.zeros_like(self.block, dtype=torch.bool)
         self.first_log_probs = torch.zeros_like(first)  # only read for a block whose token 0 is undecided
         self.last_position = lengths - 1  # the verifier's own token is placed like a round's: after 0 kept drafts
         self.produced = torch.zeros(batch, dtype=torch.long, device=device)
@@ -365,7 +458,7 @@ class _Rows:
         self.rounds = [[] for _ in range(batch)]
         self.accepted = [[] for _ in range(batch)]
         self.steps = [0] * batch
-        self.drafter_passes = self.verifier_passes = 0
+        self.drafter_passes = self.verifier_passes = self.fused_passes = self.fused_kept = 0
         first_logprob = first.gather(-1, first_token[:, None])
         self._keep(torch.zeros_like(self.fixed), first_token[:, None], first_logprob, counts_as_round=False)
         return self
@@ -383,6 +476,19 @@ class _Rows:
             return torch.zeros_like(self.fixed)
         return torch.minimum(size - self.fixed, self.max_new_tokens - self.produced)
 
+    def keys_written(self, drafter: torch.Tensor | None = None, verifier: torch.Tensor | None = None) -> None:
+        """Record which of the keys just appended to a cache each view may attend (`(B, n)` masks). With one
+        shared cache both views grow together; a view given no mask gets the other's width of unattended keys."""
+        if self.shared_cache:
+            width = (drafter if drafter is not None else verifier).shape[1]
+            none = torch.zeros(self.count, width, dtype=torch.bool, device=self.rows.device)
+            drafter = none if drafter is None else drafter
+            verifier = none if verifier is None else verifier
+        if drafter is not None:
+            self.drafter_key_valid = torch.cat([self.drafter_key_valid, drafter], 1)
+        if verifier is not None:
+            self.verifier_key_valid = torch.cat([self.verifier_key_valid, verifier], 1)
+
     def drafter_steps(self, took_part: torch.Tensor) -> None:
         self.drafter_passes += 1
         for entry in torch.nonzero(took_part).flatten().tolist():
@@ -393,10 +499,10 @@ class _Rows:
             self.steps[row] += 1
 
     # -- 3. advance: keep the accepted tokens, roll full blocks over, retire finished rows --------------------------
-    def advance(self, kept: torch.Tensor, new_tokens: torch.Tensor, new_logprobs: torch.Tensor) -> None:
-        self._keep(kept, new_tokens, new_logprobs, counts_as_round=True)
+    def advance(self, kept, new_tokens, new_logprobs, next_draft: _NextDraft | None = None) -> None:
+        self._keep(kept, new_tokens, new_logprobs, counts_as_round=True, next_draft=next_draft)
 
-    def _keep(self, kept, new_tokens, new_logprobs, counts_as_round: bool) -> None:
+    def _keep(self, kept, new_tokens, new_logprobs, counts_as_round: bool, next_draft=None) -> None:
         """Append each row's `kept` drafts and the verifier's own token (`new_tokens[:, :kept + 1]`), place them in
         the block (the own token opens the next block when the drafts filled this one; later positions are masked
         again), queue full blocks for the drafter's cache and retire rows that are done."""
@@ -427,7 +533,27 @@ class _Rows:
             fixed = torch.where(full, overflow.long(), fixed)
             self.block_start = self.block_start + full.long() * size
         self.block, self.fixed = block, fixed
+        self.predrafted = torch.zeros_like(self.predrafted)
+        if next_draft is not None and next_draft.kept_block.any():
+            self._predraft(next_draft)
         self._retire(self._finished(kept, new_tokens))
+
+    def _predraft(self, next_draft: _NextDraft) -> None:
+        """Rows whose fused step is kept: their finished block is already in the cache (no pending write) and the
+        next block, opened by the verifier's token, takes that step's commits: every later position whose
+        confidence reaches the threshold (the verifier's token is the step's one forced commit)."""
+        sampler, kept_block = self.sampler, next_draft.kept_block
+        self.fused_kept += int(kept_block.sum())
+        self.pending_valid = self.pending_valid & ~kept_block
+        log_probs = next_draft.log_probs  # positions 1..S-1
+        chosen = log_probs.argmax(-1)
+        confident = log_probs.gather(-1, chosen[..., None]).squeeze(-1).exp() >= sampler.threshold
+        offsets = torch.arange(1, sampler.block_size, device=chosen.device)
+        in_budget = offsets[None, :] < (1 + self.max_new_tokens - self.produced)[:, None]
+        commit = torch.zeros_like(self.predrafted)
+        commit[:, 1:] = confident & in_budget & kept_block[:, None]
+        self.block[:, 1:] = torch.where(commit[:, 1:], chosen, self.block[:, 1:])
+        self.predrafted = commit
 
     def _drafted_block(self, kept, new_tokens) -> torch.Tensor:
         """The block with the kept drafts written after the fixed prefix (they are `new_tokens[:, :kept]`)."""
@@ -451,10 +577,10 @@ class _Rows:
         if not done.any():
             return
         keep = torch.nonzero(~done).flatten()
-        for cache in (self.drafter_cache, self.verifier_cache):
+        for cache in {id(c): c for c in (self.drafter_cache, self.verifier_cache)}.values():
             cache.batch_select_indices(keep)
         for name in (
-            "rows", "block", "fixed", "block_start", "pending", "pending_valid", "first_log_probs",
+            "rows", "block", "fixed", "block_start", "pending", "pending_valid", "predrafted", "first_log_probs",
             "last_token", "last_position", "produced", "drafter_key_valid", "verifier_key_valid",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name)[keep])
@@ -475,4 +601,6 @@ class _Rows:
             drafter_passes=self.drafter_passes,
             verifier_passes=self.verifier_passes,
             accepted_per_round=self.accepted,
+            fused_passes=self.fused_passes,
+            fused_kept=self.fused_kept,
         )
