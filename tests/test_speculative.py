@@ -72,6 +72,13 @@ def test_fused_next_draft_keeps_the_verifiers_greedy_output_with_fewer_calls(tok
     one_by_one = [sampler.generate([prompt], max_new_tokens=MAX_NEW) for prompt in PROMPTS]
     assert [out.completion_ids[0] for out in one_by_one] == expected.completion_ids
     assert fused.num_prefill_passes == 1 and fused.num_forward_passes == fused.drafter_passes + fused.verifier_passes
+    # sampling never fuses (the acceptance rule needs each draft's commit-time distribution), but it runs on the
+    # shared cache: the same seed gives the same sample as with separate caches
+    sampled = [
+        s.generate(PROMPTS, max_new_tokens=MAX_NEW, temperature=1.0, generator=torch.Generator().manual_seed(3))
+        for s in (sampler, SpeculativeSampler(drafter, tok, threshold=threshold))
+    ]
+    assert sampled[0].completion_ids == sampled[1].completion_ids and sampled[0].fused_passes == 0
     if block_size == 1:
         assert fused.fused_passes == fused.drafter_passes == plain.drafter_passes == 0
         return

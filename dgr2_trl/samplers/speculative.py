@@ -309,7 +309,9 @@ class SpeculativeSampler:
         p_log = self._log_probs(self.verifier, self.verifier_mask_id, hidden[:, :width], temperature)
         p_log = self._pad_vocab(p_log)  # (B, width, V)
         draft_p = p_log[:, :-1].gather(-1, draft_ids[..., None]).squeeze(-1)
-        if temperature > 0:
+        if temperature > 0 and drafts.q_log is None:  # nothing drafted (block size 1): the verifier samples alone
+            agree = torch.zeros_like(draft_ids, dtype=torch.bool)
+        elif temperature > 0:
             q_at = drafts.q_log.gather(1, gather_at[..., None].expand(-1, -1, drafts.q_log.shape[-1]))
             draft_q = q_at.gather(-1, draft_ids[..., None]).squeeze(-1)
             uniform = torch.rand(draft_p.shape, dtype=torch.float64, generator=generator, device=device)
