@@ -233,9 +233,7 @@ class SpeculativeSampler:
         # the draft is the contiguous run after the fixed prefix; drafts behind a drafted EOS are dropped
         run = offsets >= rows.fixed[:, None]
         contiguous = (~run | drafted).long().cumprod(-1).bool() & run
-        if self.eos:
-            eos_at = contiguous & torch.isin(block, torch.tensor(self.eos, device=block.device))
-            contiguous &= (eos_at.long().cumsum(-1) - eos_at.long()) == 0
+        contiguous &= ~self._after_drafted_eos(block, contiguous)
         return _Drafts(block=block, count=contiguous.sum(-1), q_log=q_log)
 
     def _after_drafted_eos(self, block: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
