@@ -359,10 +359,8 @@ class SpeculativeSampler:
         fills = rows.fixed + drafts.count == size
         room = rows.produced + drafts.count + 1 < rows.max_new_tokens
         if self.eos:
-            offsets = torch.arange(size, device=drafts.block.device)
-            in_draft = (offsets >= rows.fixed[:, None]) & (offsets < (rows.fixed + drafts.count)[:, None])
-            eos = torch.tensor(self.eos, device=drafts.block.device)
-            fills &= ~(torch.isin(drafts.block, eos) & in_draft).any(-1)
+            # a draft stops at its first EOS, so one that fills the block can only hold an EOS in the last position
+            fills &= ~torch.isin(drafts.block[:, -1], torch.tensor(self.eos, device=drafts.block.device))
         fuse = fills & room
         return fuse if fuse.all() else None
 
