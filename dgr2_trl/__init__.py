@@ -7,7 +7,7 @@ from .modeling import (
     masked_diffusion_loss,
     sample_block_noise,
 )
-from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput, SpeculativeSampler
+from .samplers import ARSampler, BlockDiffusionSampler, GenerationOutput, SpeculativeSampler, UniqueTokens
 
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "ARSampler",
     "BlockDiffusionSampler",
     "SpeculativeSampler",
+    "UniqueTokens",
     "BlockDiffusionSettings",
     *sorted(_TRAINERS),
     "GenerationOutput",

@@ -3,6 +3,7 @@
 from .ar import ARSampler
 from .block_diffusion import BlockDiffusionSampler, fill_after_eos, select_commits
 from .common import encode_prompts
+from .constraints import UniqueTokens
 from .output import GenerationOutput
 from .speculative import SpeculativeOutput, SpeculativeSampler
 
@@ -13,6 +14,7 @@ __all__ = [
     "GenerationOutput",
     "SpeculativeOutput",
     "SpeculativeSampler",
+    "UniqueTokens",
     "encode_prompts",
     "fill_after_eos",
     "select_commits",

@@ -19,6 +19,7 @@ from .common import (
     sample_tokens,
     warn_without_eos,
 )
+from .constraints import UniqueTokens
 from .output import GenerationOutput
 
 
@@ -26,16 +27,33 @@ class ARSampler:
     """Left-to-right decoding, one token per model call, with a KV cache and per-row stopping at EOS.
 
     Works on any causal LM (converted or not); for a converted model the mask token is never produced. It uses the
-    model's ordinary 2D attention mask, so it runs on every attention backend.
+    model's ordinary 2D attention mask, so it runs on every attention backend. With a `constraint`
+    (`UniqueTokens`) each step chooses among the tokens the constraint allows after the row's tokens so far.
     """
 
-    def __init__(self, model, tokenizer, eos_token_id: int | list[int] | None = None):
+    def __init__(
+        self, model, tokenizer, eos_token_id: int | list[int] | None = None, constraint: UniqueTokens | None = None
+    ):
+        if constraint is not None and not isinstance(constraint, UniqueTokens):
+            raise TypeError(f"constraint must be a dgr2_trl.samplers.UniqueTokens or None, got {type(constraint)}")
+        self.constraint = constraint
         self.model = model
         self.tokenizer = tokenizer
         self.eos = eos_ids(tokenizer, eos_token_id)
         warn_without_eos(self.eos)
         settings = get_block_diffusion_settings(model)
         self.mask_token_id = settings.mask_token_id if settings else None
+
+    def _constrained(self, log_probs: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        """The next token's log-probs under the constraint, given each row's tokens so far (`written`)."""
+        upcoming = written.new_zeros(len(written), 1)
+        tokens = torch.cat([written, upcoming], 1)
+        known = torch.cat(
+            [torch.ones_like(written, dtype=torch.bool), torch.zeros_like(upcoming, dtype=torch.bool)], 1
+        )
+        in_span, used = self.constraint.span_state(tokens, known)
+        banned = self.constraint.ban(log_probs, used)
+        return torch.where(in_span[:, -1:], banned, log_probs)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         kwargs = {_cache_kwarg(self.model): cache}
@@ -70,9 +88,12 @@ class ARSampler:
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(input_ids, attention_mask, position_ids_from_mask(attention_mask), cache)
         next_position = attention_mask.sum(-1)
+        written = torch.empty(batch, 0, dtype=torch.long, device=device)  # the active rows' tokens so far
         passes = 0
         for step in range(max_new_tokens):
             log_probs = log_probs_without_mask(logits, self.mask_token_id, temperature)
+            if self.constraint is not None:
+                log_probs = self._constrained(log_probs, written)
             chosen = sample_tokens(log_probs, temperature, generator)
             chosen_logprob = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
             for entry, row in enumerate(rows.tolist()):
@@ -81,10 +102,11 @@ class ARSampler:
             alive = ~torch.isin(chosen, torch.tensor(self.eos, device=device, dtype=chosen.dtype))
             if step == max_new_tokens - 1 or not alive.any():
                 break
+            written = torch.cat([written, chosen[:, None]], 1)
             if not alive.all():
                 keep = torch.nonzero(alive).flatten()
                 cache.batch_select_indices(keep)
-                rows, chosen = rows[keep], chosen[keep]
+                rows, chosen, written = rows[keep], chosen[keep], written[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=-1)
             logits = self._forward(chosen[:, None], attention_mask, next_position[:, None], cache)

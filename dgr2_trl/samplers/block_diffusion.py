@@ -25,6 +25,7 @@ from .common import (
     sample_tokens,
     warn_without_eos,
 )
+from .constraints import UniqueTokens
 from .output import GenerationOutput
 
 
@@ -148,14 +149,15 @@ class _Block:
 @dataclass
 class _ActiveRows:
     """The prompts still decoding: their KV cache, original batch rows, which cached keys are real tokens, the clean
-    tokens still to be written to the cache (the prompt, then each finished block; None once written) and the
-    position id of the current block's first token."""
+    tokens still to be written to the cache (the prompt, then each finished block; None once written), the
+    position id of the current block's first token and the finished blocks' tokens (what a constraint reads)."""
 
     cache: DynamicCache
     rows: torch.Tensor
     key_valid: torch.Tensor
     pending: Query | None
     block_start: torch.Tensor
+    written: torch.Tensor
 
     @classmethod
     def for_prompts(cls, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: DynamicCache) -> _ActiveRows:
@@ -174,6 +176,7 @@ class _ActiveRows:
             key_valid=torch.empty(batch, 0, dtype=torch.bool, device=device),
             pending=prompt,
             block_start=prompt_mask.sum(-1),
+            written=torch.empty(batch, 0, dtype=torch.long, device=device),
         )
 
     def next_block(self, finished_block: _Block, retire: torch.Tensor) -> None:
@@ -181,10 +184,12 @@ class _ActiveRows:
         block costs exactly its number of steps) and drop the `retire` rows (they reached EOS)."""
         self.pending = finished_block.as_query(noisy=False)
         self.block_start = self.block_start + finished_block.tokens.shape[1]
+        self.written = torch.cat([self.written, finished_block.tokens], 1)
         if retire.any():
             keep = torch.nonzero(~retire).flatten()
             self.cache.batch_select_indices(keep)
             self.rows, self.block_start, self.key_valid = self.rows[keep], self.block_start[keep], self.key_valid[keep]
+            self.written = self.written[keep]
             self.pending = self.pending.select_rows(keep)
 
 
@@ -234,6 +239,11 @@ class BlockDiffusionSampler:
     Rows stop at the first end-of-sequence token; once a row commits one, the masked positions after it are filled
     with EOS (`fill_after_eos`: what the model is trained to produce there) and finished rows leave the batch after
     their block.
+
+    With a `constraint` (`UniqueTokens`, e.g. distinct candidate ids in a ranking), every masked position in the
+    constrained span chooses among the tokens the row has not written there (the others' probability renormalised
+    away), and of the positions one step commits that chose the same token only the most confident is kept.
+    Confidences and log-probs are then those of the constrained distribution.
     """
 
     def __init__(
@@ -245,6 +255,7 @@ class BlockDiffusionSampler:
         max_steps_per_block: int | None = None,
         eos_token_id: int | list[int] | None = None,
         fallback: str = "confidence",
+        constraint: UniqueTokens | None = None,
     ):
         settings, block_size = block_settings_of(model, block_size, "model")
         # a converted model moved to an attention backend that ignores 4D masks would decode causally
@@ -257,6 +268,9 @@ class BlockDiffusionSampler:
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.fallback = fallback
+        if constraint is not None and not isinstance(constraint, UniqueTokens):
+            raise TypeError(f"constraint must be a dgr2_trl.samplers.UniqueTokens or None, got {type(constraint)}")
+        self.constraint = constraint
         self.max_steps_per_block = check_steps_per_block(max_steps_per_block)
         self.eos = eos_ids(tokenizer, eos_token_id)
         warn_without_eos(self.eos)
@@ -310,15 +324,40 @@ class BlockDiffusionSampler:
         then fill each row after a committed EOS. Returns which rows had masks left (took part in the step)."""
         masked = block.masked
         noisy_hidden = self._forward_block(active, block, settings.temperature)
+        ban = None
+        if self.constraint is not None:
+            in_span, used = self.constraint.span_state(*self._row_tokens(active, block))
+            ban = (in_span[:, -self.block_size :], used)
         candidates, candidate_logprob, eos_logprob = self._score_masked(
-            block.first_log_probs, noisy_hidden, masked, settings.temperature, settings.generator
+            block.first_log_probs, noisy_hidden, masked, settings.temperature, settings.generator, ban
         )
         min_commits = min_commits_per_row(masked, settings.max_steps, step)
         commit = select_commits(candidate_logprob.exp(), masked, settings.threshold, min_commits, self.fallback)
+        if self.constraint is not None:
+            commit = self._drop_repeats(active, block, commit, candidates, candidate_logprob)
         block.commit(commit, candidates, candidate_logprob, step)
         filled_tokens, filled = fill_after_eos(block.tokens, ~block.masked, settings.eos)
         block.commit(filled, filled_tokens, eos_logprob, step)
         return masked.any(-1)
+
+    @staticmethod
+    def _row_tokens(active: _ActiveRows, block: _Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each active row's completion so far (finished blocks, then the current one) and which of it is written."""
+        tokens = torch.cat([active.written, block.tokens], 1)
+        known = torch.cat([torch.ones_like(active.written, dtype=torch.bool), ~block.masked], 1)
+        return tokens, known
+
+    def _drop_repeats(self, active, block, commit, candidates, candidate_logprob) -> torch.Tensor:
+        """`UniqueTokens.drop_repeats` on the step's commits. A row left with no commit (only when every token it
+        could choose was banned) keeps its commits, so that it still makes progress."""
+        tokens, known = self._row_tokens(active, block)
+        size = self.block_size
+        tokens[:, -size:] = torch.where(commit, candidates, block.tokens)
+        pad = torch.zeros_like(active.written, dtype=torch.bool)
+        confidence = torch.cat([pad.double(), candidate_logprob.double()], 1)
+        kept = self.constraint.drop_repeats(tokens, known, torch.cat([pad, commit], 1), confidence)[:, -size:]
+        stuck = commit.any(-1) & ~kept.any(-1)
+        return torch.where(stuck[:, None], commit, kept)
 
     def _forward_block(self, active: _ActiveRows, block: _Block, temperature: float) -> torch.Tensor:
         """Run the block against the cache. Returns the hidden states of its noisy positions 0..size-2 (position j
@@ -378,11 +417,12 @@ class BlockDiffusionSampler:
         logits = self.model.get_output_embeddings()(hidden)
         return log_probs_without_mask(logits, self.mask_token_id, temperature)
 
-    def _score_masked(self, first_log_probs, noisy_hidden, masked, temperature, generator):
+    def _score_masked(self, first_log_probs, noisy_hidden, masked, temperature, generator, ban=None):
         """The chosen token, its log-prob and the EOS log-prob at every masked position of the block (zeros
         elsewhere). Token 0 is predicted by the last clean token (`first_log_probs`), token j > 0 by noisy position
         j - 1. The LM head and softmax run only where a token is still masked: a committed position's prediction
-        would go unused, and on a small model the head is a large share of a step."""
+        would go unused, and on a small model the head is a large share of a step. `ban` (the block's in-span
+        positions and each row's used tokens) applies the constraint before choosing."""
         rows, cols = torch.nonzero(masked, as_tuple=True)
         at_first = cols == 0
         log_probs = first_log_probs.new_empty((len(rows), first_log_probs.shape[-1]))
@@ -391,6 +431,10 @@ class BlockDiffusionSampler:
         if later.any():
             predicting = noisy_hidden[rows[later], cols[later] - 1]  # noisy position j - 1 predicts token j
             log_probs[later] = self._log_probs(predicting, temperature).to(log_probs.dtype)
+        if ban is not None:
+            in_span, used = ban
+            spanned = in_span[rows, cols]
+            log_probs[spanned] = self.constraint.ban(log_probs[spanned], used[rows[spanned]])
         chosen = sample_tokens(log_probs, temperature, generator)
         candidates = torch.zeros_like(masked, dtype=torch.long)
         candidate_logprob = torch.zeros_like(masked, dtype=log_probs.dtype)

@@ -1,0 +1,274 @@
+import collections
+import copy
+
+import pytest
+import torch
+
+from dgr2_trl import ARSampler, BlockDiffusionSampler, UniqueTokens, convert_to_block_diffusion
+from dgr2_trl.modeling import block_attention_mask, decoder_hidden_states, log_probs_without_mask
+from dgr2_trl.samplers import select_commits
+from dgr2_trl.samplers.common import encode_prompts
+from tests.conftest import PROMPTS, make_converted, make_model
+
+
+MARK = (7, 8)  # a two-token start marker
+IDS = (20, 21, 22)
+
+
+def state(rows, known=None):
+    tokens = torch.tensor(rows)
+    known = torch.ones_like(tokens, dtype=torch.bool) if known is None else torch.tensor(known)
+    return UniqueTokens(IDS, MARK).span_state(tokens, known)
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+def test_span_starts_after_the_first_fully_written_marker_and_counts_only_ids_inside():
+    in_span, used = state([[20, 7, 8, 21, 5, 7, 8, 22]])
+    assert in_span[0].tolist() == [False, False, False, True, True, True, True, True]
+    assert used[0].tolist() == [False, True, True]  # 20 sits before the marker: free
+    # a marker with a masked token does not open the span; an id after it is not counted
+    in_span, used = state([[20, 7, 8, 21]], known=[[True, True, False, True]])
+    assert not in_span.any() and not used.any()
+    # no marker at all: nothing is constrained
+    in_span, used = state([[20, 20, 21]])
+    assert not in_span.any() and not used.any()
+    # an empty marker: the whole completion is the span
+    in_span, used = UniqueTokens(IDS).span_state(torch.tensor([[20, 5]]), torch.tensor([[True, False]]))
+    assert in_span.all() and used[0].tolist() == [True, False, False]
+
+
+def test_ban_removes_used_ids_and_renormalises():
+    log_probs = torch.log_softmax(torch.randn(2, 30, dtype=torch.float64), -1)
+    used = torch.tensor([[True, False, True], [False, False, False]])
+    banned = UniqueTokens(IDS).ban(log_probs, used)
+    assert torch.isinf(banned[0, [20, 22]]).all() and torch.isfinite(banned[0, 21])
+    torch.testing.assert_close(banned[0].exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    keep = [t for t in range(30) if t not in (20, 22)]
+    shift = banned[0, keep] - log_probs[0, keep]  # the same constant everywhere: the others' ratios are kept
+    torch.testing.assert_close(shift, shift[:1].expand(28))
+    assert float(shift[0]) > 0
+    torch.testing.assert_close(banned[1], log_probs[1])
+    # a row with nothing else left keeps its distribution rather than becoming all -inf
+    only_ids = torch.full((1, 30), float("-inf"), dtype=torch.float64)
+    only_ids[0, 20] = 0.0
+    assert torch.equal(UniqueTokens(IDS).ban(only_ids, torch.tensor([[True, False, False]])), only_ids)
+
+
+def test_drop_repeats_keeps_the_most_confident_of_a_step_and_never_a_written_id():
+    constraint = UniqueTokens(IDS, MARK)
+    tokens = torch.tensor([[7, 8, 21, 20, 20, 21, 5, 20]])
+    known = torch.tensor([[True, True, True, False, False, False, False, False]])
+    commit = torch.tensor([[False, False, False, True, True, True, True, False]])
+    confidence = torch.tensor([[0.0, 0.0, 0.0, 0.6, 0.9, 0.99, 0.5, 0.0]], dtype=torch.float64)
+    kept = constraint.drop_repeats(tokens, known, commit, confidence)
+    # 20 twice in one step: the more confident (position 4) stays; 21 is already written at 2: dropped
+    assert kept[0].tolist() == [False, False, False, False, True, False, True, False]
+    # log-probs rank the same way (all below any filler a probability scale would use)
+    assert torch.equal(constraint.drop_repeats(tokens, known, commit, (confidence + 1e-9).log() - 5.0), kept)
+    # ties go to the earlier position
+    kept = constraint.drop_repeats(tokens, known, commit, torch.zeros_like(confidence))
+    assert kept[0, 3] and not kept[0, 4]
+    # a marker committed in the same step opens the span for the commits after it
+    tokens = torch.tensor([[20, 7, 8, 20, 20]])
+    known = torch.tensor([[True, False, False, False, False]])
+    commit = torch.tensor([[False, True, True, True, True]])
+    kept = constraint.drop_repeats(tokens, known, commit, torch.tensor([[0.0, 1, 1, 0.2, 0.7]], dtype=torch.float64))
+    assert kept[0].tolist() == [False, True, True, False, True]  # 20 before the marker does not count
+
+
+def test_for_ranking_reads_the_answer_marker_from_an_example(tokenizer):
+    ids = ["[1]", "[2]", "[3]"]
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_tokens(ids)
+    constraint = UniqueTokens.for_ranking(tokenizer, ids, 'Best: [2].\n{"ranking":["[2]","[1]","[3]"]}')
+    assert constraint.token_ids == tuple(tokenizer.convert_tokens_to_ids(ids))
+    assert tokenizer.decode(list(constraint.start_ids)) == '{"ranking":["'
+    with pytest.raises(ValueError, match="one token"):
+        UniqueTokens.from_texts(tokenizer, ["[1]", "ranking list"])
+    with pytest.raises(ValueError, match="holds no"):
+        UniqueTokens.for_ranking(tokenizer, ids, "[1] [2] [3]")
+    with pytest.raises(ValueError, match="repeat"):
+        UniqueTokens((3, 3))
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+def frequent_tokens(completions, count=6):
+    """The tokens the rows repeat most often (within a row): a constraint on them is sure to bind."""
+    repeats = collections.Counter()
+    for row in completions:
+        repeats.update({t: n - 1 for t, n in collections.Counter(row).items() if n > 1})
+    return tuple(t for t, _ in repeats.most_common(count))
+
+
+def binding_constraint(completions, count=6):
+    """A constraint on the most repeated tokens, with a one-token marker after which at least two rows repeat one
+    of them if there is one (so the constrained output must differ there)."""
+    frequent = frequent_tokens(completions, count)
+    others = collections.Counter(t for row in completions for t in row if t not in frequent)
+    for marker, _ in others.most_common():
+        constraint = UniqueTokens(frequent, start_ids=(marker,))
+        if sum(repeats_in_span(constraint, row) > 0 for row in completions) >= 2:
+            return constraint
+    return UniqueTokens(frequent)  # the whole completion as the span: its repeats bind
+
+
+def repeats_in_span(constraint, row):
+    tokens = torch.tensor([row])
+    in_span, _ = constraint.span_state(tokens, torch.ones_like(tokens, dtype=torch.bool))
+    inside = [t for t, s in zip(row, in_span[0].tolist()) if s and t in constraint.token_ids]
+    return len(inside) - len(set(inside))
+
+
+@torch.no_grad()
+def reference_constrained_ar(model, tokenizer, prompt, constraint, max_new):
+    """Cache-free greedy decoding of one prompt, recomputing the whole sequence each step, with the constraint
+    written out in plain Python."""
+    ids, _ = encode_prompts(tokenizer, [prompt])
+    context, out = ids[0].tolist(), []
+    for _ in range(max_new):
+        logits = model(input_ids=torch.tensor([context])).logits[0, -1]
+        log_probs = torch.log_softmax(logits, -1)
+        marker = list(constraint.start_ids)
+        starts = [i + len(marker) for i in range(len(out) - len(marker) + 1) if out[i : i + len(marker)] == marker]
+        if starts:
+            for token in set(out[starts[0] :]) & set(constraint.token_ids):
+                log_probs[token] = float("-inf")
+        token = int(log_probs.argmax())
+        out.append(token)
+        context.append(token)
+        if token == tokenizer.eos_token_id:
+            break
+    return out
+
+
+def test_ar_constrained_equals_cache_free_reference(tokenizer):
+    model = make_model(tokenizer, seed=4)
+    free = ARSampler(model, tokenizer, eos_token_id=[]).generate(PROMPTS, max_new_tokens=30)
+    constraint = binding_constraint(free.completion_ids)
+    sampler = ARSampler(model, tokenizer, eos_token_id=[], constraint=constraint)
+    got = sampler.generate(PROMPTS, max_new_tokens=30)  # batched, left-padded
+    for row, prompt in enumerate(PROMPTS):
+        assert got.completion_ids[row] == reference_constrained_ar(model, tokenizer, prompt, constraint, 30)
+        assert repeats_in_span(constraint, got.completion_ids[row]) == 0
+    assert got.completion_ids != free.completion_ids  # the constraint bound
+    assert sum(repeats_in_span(constraint, row) for row in free.completion_ids) > 0
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+def test_block_constrained_has_no_repeats_and_batched_equals_one_by_one(tokenizer, block_size):
+    model, tok = make_converted(tokenizer, block_size=block_size, seed=5)
+    free = BlockDiffusionSampler(model, tok, threshold=0.5, eos_token_id=[]).generate(PROMPTS, max_new_tokens=40)
+    constraint = UniqueTokens(frequent_tokens(free.completion_ids))
+    assert sum(repeats_in_span(constraint, row) for row in free.completion_ids) > 0
+    sampler = BlockDiffusionSampler(model, tok, threshold=0.5, eos_token_id=[], constraint=constraint)
+    batched = sampler.generate(PROMPTS, max_new_tokens=40)
+    for row, prompt in enumerate(PROMPTS):
+        assert repeats_in_span(constraint, batched.completion_ids[row]) == 0
+        single = sampler.generate([prompt], max_new_tokens=40)
+        assert batched.completion_ids[row] == single.completion_ids[0]
+        assert batched.commit_step[row] == single.commit_step[0]
+        torch.testing.assert_close(batched.logprobs[row], single.logprobs[0], rtol=0, atol=1e-9)
+
+
+def test_block_size_one_constrained_equals_ar_constrained(tokenizer):
+    model = make_model(tokenizer, seed=6)
+    free = ARSampler(model, tokenizer).generate(PROMPTS, max_new_tokens=30)
+    constraint = binding_constraint(free.completion_ids)
+    converted, tok = convert_to_block_diffusion(copy.deepcopy(model), copy.deepcopy(tokenizer), block_size=1)
+    # AR on the converted model: both then renormalise without the mask token
+    ar = ARSampler(converted, tok, constraint=constraint).generate(PROMPTS, max_new_tokens=30)
+    block = BlockDiffusionSampler(converted, tok, constraint=constraint).generate(PROMPTS, max_new_tokens=30)
+    assert block.completion_ids == ar.completion_ids
+    for row in range(len(PROMPTS)):
+        torch.testing.assert_close(block.logprobs[row], ar.logprobs[row], rtol=0, atol=1e-9)
+    assert ar.completion_ids != free.completion_ids
+
+
+@torch.no_grad()
+def reference_constrained_block(model, tokenizer, prompt, block_size, threshold, max_new, constraint):
+    """Cache-free block decoding of one prompt with the constraint in plain Python: every step recomputes the whole
+    sequence; masked positions after the marker choose among ids not yet written there; of a step's commits that
+    chose the same id (or one already written) only the most confident new one is kept."""
+    mask_id = tokenizer.mask_token_id
+    ids, _ = encode_prompts(tokenizer, [prompt])
+    context = ids[0].tolist()
+    prompt_len = len(context)
+    out = []
+    head = model.get_output_embeddings()
+    marker = list(constraint.start_ids)
+
+    def span_start(tokens, known):
+        for i in range(len(tokens) - len(marker) + 1):
+            if tokens[i : i + len(marker)] == marker and all(known[i : i + len(marker)]):
+                return i + len(marker)
+        return None
+
+    for block_index in range(-(-max_new // block_size)):
+        block, done = [mask_id] * block_size, [False] * block_size
+        while not all(done):
+            seq = torch.tensor([context + block])
+            n_clean = len(context)
+            blocks = torch.tensor(
+                [
+                    list(range(prompt_len))
+                    + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
+                    + [prompt_len + block_index] * block_size
+                ]
+            )
+            noisy = torch.tensor([[False] * n_clean + [True] * block_size])
+            allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
+            hidden = decoder_hidden_states(model, seq, torch.arange(seq.shape[1])[None], allowed)
+            cols = [n_clean - 1] + list(range(n_clean, n_clean + block_size - 1))
+            log_probs = log_probs_without_mask(head(hidden[0, cols]), mask_id)
+            tokens, known = out + block, [True] * len(out) + done
+            start = span_start(tokens, known)
+            if start is not None:
+                used = {t for t, k in zip(tokens[start:], known[start:]) if k} & set(constraint.token_ids)
+                for j in range(block_size):
+                    if not done[j] and len(out) + j >= start:
+                        log_probs[j, list(used)] = float("-inf")
+                        log_probs[j] = torch.log_softmax(log_probs[j], -1)
+            conf, cand = log_probs.max(-1)
+            masked = torch.tensor([not d for d in done])[None]
+            chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long))[0]
+            chosen = torch.nonzero(chosen).flatten().tolist()
+            after = out + [int(cand[j]) if j in chosen else block[j] for j in range(block_size)]
+            start = span_start(after, [True] * len(out) + [done[j] or j in chosen for j in range(block_size)])
+            taken = set()
+            if start is not None:
+                taken = {t for t, k in zip(tokens[start:], known[start:]) if k} & set(constraint.token_ids)
+            kept = []
+            for j in sorted(chosen, key=lambda j: (-float(conf[j]), j)):
+                token = int(cand[j])
+                in_span = start is not None and len(out) + j >= start and token in constraint.token_ids
+                if in_span and token in taken:
+                    continue
+                taken |= {token} if in_span else set()
+                kept.append(j)
+            for j in kept or chosen:
+                block[j], done[j] = int(cand[j]), True
+        context += block
+        out += block
+    return out[:max_new]
+
+
+@pytest.mark.parametrize("block_size,threshold", [(4, 0.5), (8, 0.2), (32, 0.3)])
+def test_block_constrained_equals_cache_free_reference(tokenizer, block_size, threshold):
+    model, tok = make_converted(tokenizer, block_size=block_size, seed=7)
+    free = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[]).generate(PROMPTS, max_new_tokens=40)
+    constraint = binding_constraint(free.completion_ids)
+    sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[], constraint=constraint)
+    got = sampler.generate(PROMPTS, max_new_tokens=40)
+    for row, prompt in enumerate(PROMPTS):
+        expected = reference_constrained_block(model, tok, prompt, block_size, threshold, 40, constraint)
+        assert got.completion_ids[row] == expected
+        assert repeats_in_span(constraint, got.completion_ids[row]) == 0
+    assert got.completion_ids != free.completion_ids
+
+
+def test_constraint_must_be_unique_tokens(tokenizer):
+    model, tok = make_converted(tokenizer, block_size=4)
+    with pytest.raises(TypeError, match="UniqueTokens"):
+        BlockDiffusionSampler(model, tok, constraint={"ids": [1]})
+    with pytest.raises(TypeError, match="UniqueTokens"):
+        ARSampler(model, tok, constraint=[1, 2])
