@@ -3,7 +3,9 @@
 The recipe's stage table is measured on 500 test queries; 500 valid answers out of 500 only bound the true valid
 rate above 0.994 (one-sided 95%). This check decodes many more prompts (test users, or with `--split validation`
 validation users, whether or not the pre-ranker found their true item: validity does not need it) at the
-evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lower bound.
+evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lower bound. `--distinct_ids` decodes
+with the recipe's `UniqueTokens` constraint (an id already in the answer cannot be written again); `--stage ar`
+checks the AR teacher.
 
     python benchmarks/validity_check.py --recipe_dir outputs/recipe-default --queries 5000 --out benchmarks/results/validity_check.json
 """
@@ -31,15 +33,25 @@ def main():
         help="validation users to choose a setting, test users to report it",
     )
     parser.add_argument("--threshold", type=float, default=None, help="default: the preset's eval_threshold")
+    parser.add_argument(
+        "--distinct_ids",
+        action="store_true",
+        help="decode with Recipe.ranking_constraint() (an id already in the answer cannot be written again)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
     args = parser.parse_args()
-    preset = get_preset(args.preset)
+    preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
     recipe = Recipe(preset, args.recipe_dir)
     # the recipe's own test prompts, but every user of the split (not only those the pre-ranker found)
     data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
     recipe.test = getattr(data, args.split)
     threshold = preset.eval_threshold if args.threshold is None else args.threshold
     scores = recipe.evaluate(
-        recipe.load(args.stage, DTYPES[args.dtype]), block=True, threshold=threshold, batch_size=args.batch_size
+        recipe.load(args.stage, DTYPES[args.dtype]),
+        block=args.stage != "ar",
+        threshold=threshold,
+        batch_size=args.batch_size,
+        constraint=recipe.ranking_constraint() if args.distinct_ids else None,
     )
     valid = round(scores["valid_rate"] * scores["n"])
     report = {
@@ -48,6 +60,7 @@ def main():
         "stage": args.stage,
         "split": args.split,
         "threshold": threshold,
+        "distinct_ids": args.distinct_ids,
         "fallback": preset.eval_fallback,
         "n": scores["n"],
         "valid": valid,
@@ -59,7 +72,8 @@ def main():
     }
     print(
         f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
-        f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}; "
+        f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}"
+        f"{', distinct ids' if args.distinct_ids else ''}; "
         f"invalid reasons {scores['invalid_reasons']}",
         flush=True,
     )

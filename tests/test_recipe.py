@@ -60,6 +60,18 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     # the benchmarks load a finished run's models in their saved dtype or another one
     recipe = Recipe(preset, tmp_path)
     assert recipe.load("rl").dtype == torch.float32 and recipe.load("rl", torch.bfloat16).dtype == torch.bfloat16
+    # distinct candidate ids: the answer marker is read off the data; AR output that was valid is unchanged, and
+    # neither decoder writes a duplicate id under the constraint
+    constraint = recipe.ranking_constraint()
+    assert recipe.tokenizer.decode(list(constraint.start_ids)).startswith('{"ranking"')
+    assert len(constraint.token_ids) >= len({c for row in recipe.test["candidates"] for c in row}) >= 10
+    teacher = recipe.load("ar")
+    free = recipe.evaluate(teacher, block=False, max_queries=16, keep_rows=True)
+    constrained = recipe.evaluate(teacher, block=False, max_queries=16, constraint=constraint, keep_rows=True)
+    for a, b in zip(free["rows"], constrained["rows"]):
+        assert b["text"] == a["text"] or not a["valid"]
+    block = recipe.evaluate(recipe.load("rl"), block=True, max_queries=16, constraint=constraint)
+    assert constrained["invalid_reasons"].get("duplicate", 0) == block["invalid_reasons"].get("duplicate", 0) == 0
 
 
 def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):

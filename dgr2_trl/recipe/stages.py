@@ -20,7 +20,7 @@ from ..data import RANKING_ANSWER_PREFIX, align_answers_to_blocks, build_rerank_
 from ..evaluation import evaluate_prerank_floor, evaluate_reranker, write_jsonl
 from ..modeling import convert_to_block_diffusion, tiny_causal_lm
 from ..modeling.pretrained import load_causal_lm, load_tokenizer
-from ..samplers import ARSampler, BlockDiffusionSampler, SpeculativeSampler
+from ..samplers import ARSampler, BlockDiffusionSampler, SpeculativeSampler, UniqueTokens
 from ..teachers import teacher_completion_dataset
 from .presets import RecipePreset
 
@@ -189,6 +189,19 @@ class Recipe:
         pretrained = self.preset.model_name_or_path is not None
         return lora_config(self.preset, train_embeddings=pretrained and self.preset.add_data_tokens)
 
+    def ranking_constraint(self) -> UniqueTokens:
+        """Distinct candidate ids in the answer (`UniqueTokens.for_ranking`): every candidate id of the data, the
+        answer's opening tokens read off a training completion."""
+        ids = {
+            c
+            for split in (self.data.train, self.data.validation, self.test)
+            for row in split["candidates"]
+            for c in row
+        }
+        example = self.data.train[0]["completion"]
+        example = example[-1]["content"] if isinstance(example, list) else example
+        return UniqueTokens.for_ranking(self.tokenizer, sorted(ids), example)
+
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
 
@@ -218,10 +231,13 @@ class Recipe:
         split: str = "test",
         rows_stage: str | None = None,
         sampler=None,
+        constraint: UniqueTokens | None = None,
+        keep_rows: bool = False,
     ) -> dict:
         """Decode `split`'s queries and score them; with `rows_stage`, each query's output goes to
-        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text).
-        A `sampler` given decodes instead of the one `model`/`block` name (e.g. a `SpeculativeSampler`)."""
+        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text), with
+        `keep_rows` to the result's `rows`. A `sampler` given decodes instead of the one `model`/`block` name (e.g.
+        a `SpeculativeSampler`); a `constraint` (`ranking_constraint()`) is passed to the sampler built here."""
         model = model.to(self.device).eval()
         if sampler is not None:
             pass
@@ -231,9 +247,10 @@ class Recipe:
                 self.tokenizer,
                 threshold=threshold or self.preset.eval_threshold,
                 fallback=fallback or self.preset.eval_fallback,
+                constraint=constraint,
             )
         else:
-            sampler = ARSampler(model, self.tokenizer)
+            sampler = ARSampler(model, self.tokenizer, constraint=constraint)
         dataset = {"test": self.test, "validation": self.data.validation}[split]
         result = evaluate_reranker(
             sampler,
@@ -241,10 +258,10 @@ class Recipe:
             max_new_tokens=self.preset.max_new_tokens,
             batch_size=batch_size or self.preset.eval_batch_size,
             max_queries=max_queries,
-            return_rows=rows_stage is not None,
+            return_rows=rows_stage is not None or keep_rows,
         )
         if rows_stage is not None:
-            rows = result.pop("rows")
+            rows = result["rows"] if keep_rows else result.pop("rows")
             columns = dataset.select_columns(["user_id", "candidates", "target"])
             write_jsonl(
                 self.stage_dir(rows_stage) / f"{split}_rows.jsonl",

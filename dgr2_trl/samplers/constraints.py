@@ -80,15 +80,14 @@ class UniqueTokens:
         batch, length = tokens.shape
         device = tokens.device
         span_start = torch.zeros(batch, dtype=torch.long, device=device)  # first position of the span
-        if self.start_ids:
+        if self.start_ids and length < len(self.start_ids):
+            span_start.fill_(length)
+        elif self.start_ids:
             width = len(self.start_ids)
             marker = torch.tensor(self.start_ids, device=device)
-            found = torch.full((batch,), length, dtype=torch.long, device=device)
-            for offset in range(length - width + 1):
-                window = tokens[:, offset : offset + width]
-                here = (window == marker).all(-1) & known[:, offset : offset + width].all(-1)
-                found = torch.where(here & (found == length), offset + width, found)
-            span_start = found
+            here = (tokens.unfold(1, width, 1) == marker).all(-1) & known.unfold(1, width, 1).all(-1)  # (B, L-w+1)
+            first = here.long().argmax(-1)  # the first written marker (0 when there is none: masked below)
+            span_start = torch.where(here.any(-1), first + width, length)
         in_span = torch.arange(length, device=device)[None, :] >= span_start[:, None]
         ids = torch.tensor(self.token_ids, device=device)
         written = (tokens[:, :, None] == ids) & (known & in_span)[:, :, None]  # (B, L, K)

@@ -1,0 +1,107 @@
+"""What decoding with distinct candidate ids (`UniqueTokens`) does to a finished recipe's stages.
+
+Every stage that writes text (the AR teacher, +CFT, +OPD, +RL) is decoded twice on the same users, at the
+evaluation setting: free, and with `Recipe.ranking_constraint()` (after `{"ranking":["` an id already written cannot
+be chosen again; in the block decoder, of one step's commits that chose the same id only the most confident is
+kept). Reported per stage and mode: the recipe's metrics, valid rate and its 95% lower bound, the invalid reasons,
+copies of the pre-ranker, distinct texts and tokens/s; and paired 95% bootstrap intervals of constrained - free,
+of each stage against the free teacher and against the constrained teacher.
+
+    python benchmarks/constrained_ranking.py --recipe_dir outputs/recipe-default --seed 0 \\
+        --out benchmarks/results/constrained_ranking_seed0.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+
+from dgr2_trl.evaluation import compare_rankings
+from dgr2_trl.recipe import get_preset
+from dgr2_trl.recipe.run import machine_info
+from dgr2_trl.recipe.stages import Recipe
+
+
+STAGES = ("ar", "cft", "opd", "rl")
+REPORTED = (
+    "n",
+    "recall@1",
+    "recall@3",
+    "recall@5",
+    "ndcg@3",
+    "ndcg@5",
+    "valid_rate",
+    "valid_rate_lower_95",
+    "invalid_reasons",
+    "copies_floor_rate",
+    "num_distinct_texts",
+    "tokens_per_second",
+    "forward_passes_per_token",
+)
+
+
+def main():
+    parser = recipe_parser(__doc__, stage=False)
+    parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES))
+    args = parser.parse_args()
+    preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
+    recipe = Recipe(preset, args.recipe_dir)
+    constraint = recipe.ranking_constraint()
+    targets = (
+        list(getattr(recipe.data, args.split)["target"]) if args.split == "validation" else list(recipe.test["target"])
+    )
+    runs: dict[str, dict] = {}
+    for stage in args.stages:
+        model = recipe.load(stage, DTYPES[args.dtype])
+        for mode in ("free", "constrained"):
+            scores = recipe.evaluate(
+                model,
+                block=stage != "ar",
+                split=args.split,
+                constraint=constraint if mode == "constrained" else None,
+                keep_rows=True,
+            )
+            runs[f"{stage}/{mode}"] = scores
+            print(
+                f"{stage:>4} {mode:>11}: valid {scores['valid_rate']:.4f} (lower {scores['valid_rate_lower_95']:.4f}) "
+                f"NDCG@3 {scores['ndcg@3']:.4f} R@3 {scores['recall@3']:.4f} R@1 {scores['recall@1']:.4f} "
+                f"reasons {scores['invalid_reasons']}",
+                flush=True,
+            )
+    rankings = {key: [row["ranking"] for row in run["rows"]] for key, run in runs.items()}
+    texts = {key: [row["text"] for row in run["rows"]] for key, run in runs.items()}
+    report = {
+        "machine": machine_info(),
+        "recipe_dir": str(args.recipe_dir),
+        "seed": args.seed,
+        "split": args.split,
+        "dtype": args.dtype,
+        "threshold": preset.eval_threshold,
+        "fallback": preset.eval_fallback,
+        "constraint": dataclasses.asdict(constraint),
+        "runs": {key: {k: run[k] for k in REPORTED} for key, run in runs.items()},
+        "constrained_vs_free": {},
+        "vs_teacher_free": {},
+        "vs_teacher_constrained": {},
+    }
+    for stage in args.stages:
+        free, constrained = f"{stage}/free", f"{stage}/constrained"
+        same = sum(a == b for a, b in zip(texts[free], texts[constrained]))
+        report["constrained_vs_free"][stage] = {
+            **compare_rankings(rankings[constrained], rankings[free], targets),
+            "identical_texts": same,
+        }
+        if stage != "ar" and "ar/free" in rankings:
+            for mode in ("free", "constrained"):
+                report[f"vs_teacher_{mode}"][stage] = {
+                    "free": compare_rankings(rankings[free], rankings[f"ar/{mode}"], targets),
+                    "constrained": compare_rankings(rankings[constrained], rankings[f"ar/{mode}"], targets),
+                }
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
