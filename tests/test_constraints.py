@@ -37,21 +37,39 @@ def test_span_starts_after_the_first_fully_written_marker_and_counts_only_ids_in
     assert in_span.all() and used[0].tolist() == [True, False, False]
 
 
-def test_ban_removes_used_ids_and_renormalises():
-    log_probs = torch.log_softmax(torch.randn(2, 30, dtype=torch.float64), -1)
-    used = torch.tensor([[True, False, True], [False, False, False]])
+def test_ban_moves_the_used_ids_mass_to_the_unused_ids():
+    log_probs = torch.log_softmax(torch.randn(3, 30, dtype=torch.float64), -1)
+    used = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
     banned = UniqueTokens(IDS).ban(log_probs, used)
-    assert torch.isinf(banned[0, [20, 22]]).all() and torch.isfinite(banned[0, 21])
-    torch.testing.assert_close(banned[0].exp().sum(), torch.tensor(1.0, dtype=torch.float64))
-    keep = [t for t in range(30) if t not in (20, 22)]
-    shift = banned[0, keep] - log_probs[0, keep]  # the same constant everywhere: the others' ratios are kept
-    torch.testing.assert_close(shift, shift[:1].expand(28))
-    assert float(shift[0]) > 0
+    p, q = log_probs.exp(), banned.exp()
+    assert torch.isinf(banned[0, [20, 22]]).all()
+    torch.testing.assert_close(q[0, 21], p[0, 20:23].sum())  # the one unused id takes the ids' whole mass
+    others = [t for t in range(30) if t not in IDS]
+    torch.testing.assert_close(banned[0, others], log_probs[0, others])  # the other tokens keep theirs
+    torch.testing.assert_close(q.sum(-1), torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(banned[1], log_probs[1])
+    # every id used: the other tokens are renormalised
+    assert torch.isinf(banned[2, list(IDS)]).all()
+    torch.testing.assert_close(q[2, others], p[2, others] / p[2, others].sum())
     # a row with nothing else left keeps its distribution rather than becoming all -inf
     only_ids = torch.full((1, 30), float("-inf"), dtype=torch.float64)
     only_ids[0, 20] = 0.0
     assert torch.equal(UniqueTokens(IDS).ban(only_ids, torch.tensor([[True, False, False]])), only_ids)
+
+
+def reference_ban(log_probs, used, ids):
+    """`UniqueTokens.ban` for one position in plain Python: the used ids' mass to the unused ids."""
+    p = log_probs.exp().tolist()
+    unused = [t for t in ids if t not in used]
+    ids_mass, unused_mass = sum(p[t] for t in ids), sum(p[t] for t in unused)
+    for t in used:
+        p[t] = 0.0
+    if unused_mass > 0:
+        for t in unused:
+            p[t] *= ids_mass / unused_mass
+    else:
+        p = [x / sum(p) for x in p]
+    return torch.tensor(p, dtype=log_probs.dtype).log()
 
 
 def test_drop_repeats_keeps_the_most_confident_of_a_step_and_never_a_written_id():
@@ -131,8 +149,8 @@ def reference_constrained_ar(model, tokenizer, prompt, constraint, max_new):
         marker = list(constraint.start_ids)
         starts = [i + len(marker) for i in range(len(out) - len(marker) + 1) if out[i : i + len(marker)] == marker]
         if starts:
-            for token in set(out[starts[0] :]) & set(constraint.token_ids):
-                log_probs[token] = float("-inf")
+            used = set(out[starts[0] :]) & set(constraint.token_ids)
+            log_probs = reference_ban(log_probs, used, constraint.token_ids)
         token = int(log_probs.argmax())
         out.append(token)
         context.append(token)
@@ -187,7 +205,7 @@ def test_block_size_one_constrained_equals_ar_constrained(tokenizer):
 @torch.no_grad()
 def reference_constrained_block(model, tokenizer, prompt, block_size, threshold, max_new, constraint):
     """Cache-free block decoding of one prompt with the constraint in plain Python: every step recomputes the whole
-    sequence; masked positions after the marker choose among ids not yet written there; of a step's commits that
+    sequence; masked positions after the marker choose with the written ids' mass moved to the unwritten ones; of a step's commits that
     chose the same id (or one already written) only the most confident new one is kept."""
     mask_id = tokenizer.mask_token_id
     ids, _ = encode_prompts(tokenizer, [prompt])
@@ -226,8 +244,7 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
                 used = {t for t, k in zip(tokens[start:], known[start:]) if k} & set(constraint.token_ids)
                 for j in range(block_size):
                     if not done[j] and len(out) + j >= start:
-                        log_probs[j, list(used)] = float("-inf")
-                        log_probs[j] = torch.log_softmax(log_probs[j], -1)
+                        log_probs[j] = reference_ban(log_probs[j], used, constraint.token_ids)
             conf, cand = log_probs.max(-1)
             masked = torch.tensor([not d for d in done])[None]
             chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long))[0]

@@ -94,13 +94,22 @@ class UniqueTokens:
         return in_span, written.any(1)
 
     def ban(self, log_probs: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
-        """`log_probs` `(N, V)` with the `used` `(N, K)` tokens removed and the rest renormalised. A row whose every
-        allowed token has probability 0 keeps its log-probs unchanged (nothing else could be chosen)."""
-        banned = torch.zeros_like(log_probs, dtype=torch.bool)
-        banned[:, list(self.token_ids)] = used
-        kept = log_probs.masked_fill(banned, float("-inf"))
-        possible = torch.isfinite(kept).any(-1, keepdim=True)
-        return torch.where(possible, torch.log_softmax(kept, -1), log_probs)
+        """`log_probs` `(N, V)` with the `used` `(N, K)` tokens removed. Their mass goes to the unused tokens of
+        `token_ids` in proportion to theirs, so the probability of writing one of them at all is unchanged (a
+        ranking's id slot stays an id slot rather than becoming `""` or a stray token); the other tokens keep
+        theirs. With every one of `token_ids` used (or of zero probability), the rest is renormalised."""
+        ids = torch.tensor(self.token_ids, device=log_probs.device)
+        id_log_probs = log_probs[:, ids]  # (N, K)
+        unused = id_log_probs.masked_fill(used, float("-inf"))
+        # log of (mass of all ids) / (mass of the unused ones): what each unused id's probability is scaled by
+        scale = torch.logsumexp(id_log_probs, -1, keepdim=True) - torch.logsumexp(unused, -1, keepdim=True)
+        some_unused = torch.isfinite(scale)
+        out = log_probs.clone()
+        out[:, ids] = torch.where(some_unused, unused + scale.nan_to_num(0.0, posinf=0.0), unused)
+        possible = torch.isfinite(out).any(-1, keepdim=True)
+        renormalised = torch.log_softmax(out.masked_fill(~possible, 0.0), -1)
+        # nothing allowed at all (only used ids had mass): keep the distribution, there is nothing else to choose
+        return torch.where(some_unused, out, torch.where(possible, renormalised, log_probs))
 
     def drop_repeats(
         self, tokens: torch.Tensor, known: torch.Tensor, commit: torch.Tensor, confidence: torch.Tensor
