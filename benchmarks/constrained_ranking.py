@@ -9,11 +9,14 @@ of each stage against the free teacher and against the constrained teacher.
 
     python benchmarks/constrained_ranking.py --recipe_dir outputs/recipe-default --seed 0 \\
         --out benchmarks/results/constrained_ranking_seed0.json
+    python benchmarks/constrained_ranking.py --table benchmarks/results/constrained_ranking_seed*.json
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
@@ -41,12 +44,45 @@ REPORTED = (
 )
 
 
+def _interval(c: dict, key: str) -> str:
+    return f"{c[key]['diff']:+.4f} [{c[key]['low']:+.4f}, {c[key]['high']:+.4f}]"
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """One row per seed and stage: valid rate free -> constrained, NDCG@3 and R@3 with the constraint, and the
+    constrained stage against the constrained teacher (paired 95% intervals)."""
+    lines = [
+        "| seed | stage | valid free -> constrained (lower 95%) | NDCG@3 free -> constrained | R@3 free -> constrained "
+        "| constrained - free NDCG@3 | NDCG@3 - constrained teacher | R@3 - constrained teacher |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        runs = report["runs"]
+        for stage in [key.split("/")[0] for key in runs if key.endswith("/free")]:
+            free, cons = runs[f"{stage}/free"], runs[f"{stage}/constrained"]
+            vs = report["vs_teacher_constrained"].get(stage, {}).get("constrained")
+            lines.append(
+                f"| {report['seed']} | {stage} | {free['valid_rate']:.4f} -> {cons['valid_rate']:.4f} "
+                f"({cons['valid_rate_lower_95']:.4f}) | {free['ndcg@3']:.4f} -> {cons['ndcg@3']:.4f} "
+                f"| {free['recall@3']:.4f} -> {cons['recall@3']:.4f} "
+                f"| {_interval(report['constrained_vs_free'][stage], 'ndcg@3')} "
+                f"| {_interval(vs, 'ndcg@3') if vs else '-'} | {_interval(vs, 'recall@3') if vs else '-'} |"
+            )
+    return "\n".join(lines)
+
+
 def main():
     parser = recipe_parser(__doc__, stage=False)
     parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
+    parser.add_argument(
+        "--table", nargs="+", default=None, help="print the Markdown table of these reports, run nothing"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table([json.loads(Path(path).read_text()) for path in args.table]))
+        return
     preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
     recipe = Recipe(preset, args.recipe_dir)
     constraint = recipe.ranking_constraint()
