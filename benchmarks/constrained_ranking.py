@@ -20,7 +20,7 @@ from pathlib import Path
 
 from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
 
-from dgr2_trl.evaluation import compare_rankings
+from dgr2_trl.evaluation import METRIC_KEYS, compare_rankings
 from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe
@@ -29,11 +29,7 @@ from dgr2_trl.recipe.stages import Recipe
 STAGES = ("ar", "cft", "opd", "rl")
 REPORTED = (
     "n",
-    "recall@1",
-    "recall@3",
-    "recall@5",
-    "ndcg@3",
-    "ndcg@5",
+    *METRIC_KEYS,
     "valid_rate",
     "valid_rate_lower_95",
     "invalid_reasons",
