@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dgr2_trl import ARSampler, BlockDiffusionSampler, UniqueTokens, convert_to_block_diffusion
-from dgr2_trl.modeling import block_attention_mask, decoder_hidden_states, log_probs_without_mask
 from dgr2_trl.samplers import select_commits
 from dgr2_trl.samplers.common import encode_prompts
 from tests.conftest import PROMPTS, make_converted, make_model
+from tests.test_samplers import uncached_block_log_probs
 
 
 MARK = (7, 8)  # a two-token start marker
@@ -212,7 +212,6 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
     context = ids[0].tolist()
     prompt_len = len(context)
     out = []
-    head = model.get_output_embeddings()
     marker = list(constraint.start_ids)
 
     def span_start(tokens, known):
@@ -224,20 +223,7 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
     for block_index in range(-(-max_new // block_size)):
         block, done = [mask_id] * block_size, [False] * block_size
         while not all(done):
-            seq = torch.tensor([context + block])
-            n_clean = len(context)
-            blocks = torch.tensor(
-                [
-                    list(range(prompt_len))
-                    + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
-                    + [prompt_len + block_index] * block_size
-                ]
-            )
-            noisy = torch.tensor([[False] * n_clean + [True] * block_size])
-            allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
-            hidden = decoder_hidden_states(model, seq, torch.arange(seq.shape[1])[None], allowed)
-            cols = [n_clean - 1] + list(range(n_clean, n_clean + block_size - 1))
-            log_probs = log_probs_without_mask(head(hidden[0, cols]), mask_id)
+            log_probs = uncached_block_log_probs(model, context, block, prompt_len, block_index, mask_id)
             tokens, known = out + block, [True] * len(out) + done
             start = span_start(tokens, known)
             if start is not None:

@@ -37,32 +37,38 @@ def test_block_size_one_equals_hf_greedy_generate(tokenizer, architecture):
     assert block.forward_passes_per_token == 1.0 and block.num_forward_passes == ar.num_forward_passes
 
 
+def uncached_block_log_probs(model, context, block, prompt_len, block_index, mask_id):
+    """The log-probs of every token of the noisy `block` from one uncached forward of `context + block` under the
+    block rule (the last clean token predicts token 0, noisy position j - 1 predicts token j)."""
+    block_size = len(block)
+    seq = torch.tensor([context + block])
+    n_clean = len(context)
+    blocks = torch.tensor(
+        [
+            list(range(prompt_len))
+            + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
+            + [prompt_len + block_index] * block_size
+        ]
+    )
+    noisy = torch.tensor([[False] * n_clean + [True] * block_size])
+    allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
+    hidden = decoder_hidden_states(model, seq, torch.arange(seq.shape[1])[None], allowed)
+    cols = [n_clean - 1] + list(range(n_clean, n_clean + block_size - 1))
+    return log_probs_without_mask(model.get_output_embeddings()(hidden[0, cols]), mask_id)
+
+
 def reference_block_decode(model, tokenizer, prompt, block_size, threshold, max_new, mask_id, fallback="confidence"):
     """Cache-free block decoding of one prompt: every step recomputes the whole sequence."""
     ids, _ = encode_prompts(tokenizer, [prompt])
     context = ids[0].tolist()
     prompt_len = len(context)
     out, steps = [], []
-    head = model.get_output_embeddings()
     for block_index in range(-(-max_new // block_size)):
         block = [mask_id] * block_size
         commit = [-1] * block_size
         step = 0
         while -1 in commit:
-            seq = torch.tensor([context + block])
-            n_clean = len(context)
-            blocks = torch.tensor(
-                [
-                    list(range(prompt_len))
-                    + [prompt_len + i // block_size for i in range(n_clean - prompt_len)]
-                    + [prompt_len + block_index] * block_size
-                ]
-            )
-            noisy = torch.tensor([[False] * n_clean + [True] * block_size])
-            allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
-            hidden = decoder_hidden_states(model, seq, torch.arange(seq.shape[1])[None], allowed)
-            cols = [n_clean - 1] + list(range(n_clean, n_clean + block_size - 1))
-            log_probs = log_probs_without_mask(head(hidden[0, cols]), mask_id)
+            log_probs = uncached_block_log_probs(model, context, block, prompt_len, block_index, mask_id)
             conf, cand = log_probs.max(-1)
             masked = torch.tensor([c < 0 for c in commit])[None]
             chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long), fallback)[0]
