@@ -72,6 +72,50 @@ def reference_ban(log_probs, used, ids):
     return torch.tensor(p, dtype=log_probs.dtype).log()
 
 
+def reference_slot_ban(log_probs, used, ids):
+    """`UniqueTokens.ban` at an id slot in plain Python: only the unused ids, renormalised among themselves."""
+    p = log_probs.exp().tolist()
+    unused = [t for t in ids if t not in used]
+    mass = sum(p[t] for t in unused)
+    if mass == 0:
+        return reference_ban(log_probs, used, ids)
+    q = [0.0] * len(p)
+    for t in unused:
+        q[t] = p[t] / mass
+    return torch.tensor(q, dtype=log_probs.dtype).log()
+
+
+def reference_is_slot(tokens, known, start, p, constraint):
+    """Whether span position `p` may only hold an id: the span's first, after a written separator, or before a
+    written separator or end token."""
+    sep = constraint.separator_id
+    if sep is None or start is None or p < start:
+        return False
+    closing = {sep, constraint.end_id} - {None}
+    after_sep = p - 1 >= start and known[p - 1] and tokens[p - 1] == sep
+    before_closing = p + 1 < len(tokens) and known[p + 1] and tokens[p + 1] in closing
+    return p == start or after_sep or before_closing
+
+
+def reference_empty_slot_drops(tokens, known, new, start, constraint):
+    """The positions of `new` commits that `UniqueTokens.drop_empty_slots` drops, in plain Python: for each pair
+    of written neighbours that leaves a slot empty, the pair's new token (the right one when both are)."""
+    sep, ids, drops = constraint.separator_id, set(constraint.token_ids), set()
+    if sep is None or start is None:
+        return drops
+    for q in range(start, len(tokens)):
+        if not known[q]:
+            continue
+        opens = q == start or (q - 1 >= start and known[q - 1] and tokens[q - 1] == sep)
+        left_non_id = q >= 1 and known[q - 1] and tokens[q - 1] not in ids
+        if (opens and tokens[q] not in ids) or (tokens[q] in {sep, constraint.end_id} - {None} and left_non_id):
+            if new[q]:
+                drops.add(q)
+            elif q - 1 >= start and new[q - 1]:
+                drops.add(q - 1)
+    return drops
+
+
 def test_drop_repeats_keeps_the_most_confident_of_a_step_and_never_a_written_id():
     constraint = UniqueTokens(IDS, MARK)
     tokens = torch.tensor([[7, 8, 21, 20, 20, 21, 5, 20]])
@@ -94,13 +138,81 @@ def test_drop_repeats_keeps_the_most_confident_of_a_step_and_never_a_written_id(
     assert kept[0].tolist() == [False, True, True, False, True]  # 20 before the marker does not count
 
 
+SEP, END = 30, 31  # `","` and `"]}`
+SLOTS = UniqueTokens(IDS, MARK, SEP, END)
+
+
+def test_id_slots_are_after_the_marker_or_a_separator_and_before_a_separator_or_the_end():
+    #          marker  id  sep  ?   ?  sep  ?   ?   end
+    tokens = torch.tensor([[7, 8, 20, SEP, 0, 0, SEP, 0, 0, END]])
+    known = torch.tensor([[1, 1, 1, 1, 0, 0, 1, 0, 0, 1]]).bool()
+    in_span, _ = SLOTS.span_state(tokens, known)
+    slots = SLOTS.id_slots(tokens, known, in_span)
+    # 2: first of the span; 4: after a separator; 5: before one; 7: after one; 8: before the end; the separators
+    # and the end are no slots
+    assert slots[0].tolist() == [False, False, True, False, True, True, False, True, True, False]
+    # a masked separator makes no slot; without a separator_id nothing is a slot
+    known[0, 3] = False
+    assert not SLOTS.id_slots(tokens, known, in_span)[0, 4]
+    assert not UniqueTokens(IDS, MARK).id_slots(tokens, known, in_span).any()
+    with pytest.raises(ValueError, match="one of the ids"):
+        UniqueTokens(IDS, MARK, separator_id=20)
+    with pytest.raises(ValueError, match="needs a separator_id"):
+        UniqueTokens(IDS, MARK, end_id=END)
+
+
+def test_ban_in_an_id_slot_keeps_only_the_unused_ids():
+    log_probs = torch.log_softmax(torch.randn(3, 40, dtype=torch.float64), -1)
+    used = torch.tensor([[True, False, False], [False, False, False], [True, True, True]])
+    slot = torch.tensor([True, False, True])
+    banned = SLOTS.ban(log_probs, used, slot)
+    p, q = log_probs.exp(), banned.exp()
+    others = [t for t in range(40) if t not in (21, 22)]
+    assert torch.isinf(banned[0, others]).all()
+    torch.testing.assert_close(q[0, [21, 22]], p[0, [21, 22]] / p[0, [21, 22]].sum())
+    torch.testing.assert_close(banned[1], log_probs[1])  # not a slot, nothing used: unchanged
+    # a slot with every id used has nothing to choose among: the plain ban (the other tokens renormalised)
+    torch.testing.assert_close(banned[2], SLOTS.ban(log_probs[2:], used[2:]).squeeze(0))
+
+
+def test_drop_empty_slots_drops_the_new_token_of_each_empty_slot():
+    def kept(tokens, known, commit):
+        out = SLOTS.drop_empty_slots(torch.tensor([tokens]), torch.tensor([known]).bool(), torch.tensor([commit]).bool())
+        return out[0].tolist()
+
+    # two separators committed side by side: the right one goes (it is then an id slot, after a written separator)
+    assert kept([7, 8, 20, SEP, SEP, 21], [1, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]) == [0, 0, 0, 1, 0, 0]
+    # a new separator right after a written one, and one right before: each dropped
+    assert kept([7, 8, 20, SEP, SEP, 21], [1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 1, 0]) == [0] * 6
+    assert kept([7, 8, 20, SEP, SEP, 21], [1, 1, 1, 0, 1, 1], [0, 0, 0, 1, 0, 0]) == [0] * 6
+    # a separator or end straight after the marker, or a non-id there: an empty first slot
+    assert kept([7, 8, SEP, 21], [1, 1, 0, 1], [0, 0, 1, 0]) == [0] * 4
+    assert kept([7, 8, 5, 21], [1, 1, 0, 1], [0, 0, 1, 0]) == [0] * 4
+    assert kept([7, 8, END], [1, 1, 0], [0, 0, 1]) == [0] * 3
+    # a proper list, committed all at once, is kept whole; the end after a separator is not
+    assert kept([7, 8, 20, SEP, 21, END], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1]) == [0, 0, 1, 1, 1, 1]
+    assert kept([7, 8, 20, SEP, END], [1, 1, 1, 1, 0], [0, 0, 0, 0, 1]) == [0] * 5
+    # outside the span (before the marker) separators may repeat
+    assert kept([SEP, SEP, 7, 8, 20], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0]) == [1, 1, 0, 0, 0]
+    # without a separator_id every commit is kept
+    commit = torch.ones(1, 4, dtype=torch.bool)
+    assert UniqueTokens(IDS, MARK).drop_empty_slots(torch.tensor([[7, 8, SEP, SEP]]), ~commit, commit).all()
+
+
 def test_for_ranking_reads_the_answer_marker_from_an_example(tokenizer):
     ids = ["[1]", "[2]", "[3]"]
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_tokens(ids)
-    constraint = UniqueTokens.for_ranking(tokenizer, ids, 'Best: [2].\n{"ranking":["[2]","[1]","[3]"]}')
+    example = 'Best: [2].\n{"ranking":["[2]","[1]","[3]"]}'
+    constraint = UniqueTokens.for_ranking(tokenizer, ids, example)
     assert constraint.token_ids == tuple(tokenizer.convert_tokens_to_ids(ids))
     assert tokenizer.decode(list(constraint.start_ids)) == '{"ranking":["'
+    # the separator and the end token are read off the example when each is one token
+    tokenizer.add_tokens(['","', '"]}'])
+    constraint = UniqueTokens.for_ranking(tokenizer, ids, example)
+    assert constraint.separator_id == tokenizer.convert_tokens_to_ids('","')
+    assert constraint.end_id == tokenizer.convert_tokens_to_ids('"]}')
+    assert UniqueTokens.for_ranking(tokenizer, ids, example, id_slots=False).separator_id is None
     with pytest.raises(ValueError, match="one token"):
         UniqueTokens.from_texts(tokenizer, ["[1]", "ranking list"])
     with pytest.raises(ValueError, match="holds no"):
@@ -137,6 +249,17 @@ def repeats_in_span(constraint, row):
     return len(inside) - len(set(inside))
 
 
+def slot_constraint(completions, count=6):
+    """`binding_constraint` plus a separator and an end token: the two tokens the rows write most often outside
+    the ids, so that the slot rule binds wherever the rows write them."""
+    base = binding_constraint(completions, count)
+    others = collections.Counter(
+        t for row in completions for t in row if t not in base.token_ids and t not in base.start_ids
+    )
+    (separator, _), (end, _) = others.most_common(2)
+    return UniqueTokens(base.token_ids, base.start_ids, separator, end)
+
+
 @torch.no_grad()
 def reference_constrained_ar(model, tokenizer, prompt, constraint, max_new):
     """Cache-free greedy decoding of one prompt, recomputing the whole sequence each step, with the constraint
@@ -150,7 +273,8 @@ def reference_constrained_ar(model, tokenizer, prompt, constraint, max_new):
         starts = [i + len(marker) for i in range(len(out) - len(marker) + 1) if out[i : i + len(marker)] == marker]
         if starts:
             used = set(out[starts[0] :]) & set(constraint.token_ids)
-            log_probs = reference_ban(log_probs, used, constraint.token_ids)
+            slot = reference_is_slot(out + [None], [True] * len(out) + [False], starts[0], len(out), constraint)
+            log_probs = (reference_slot_ban if slot else reference_ban)(log_probs, used, constraint.token_ids)
         token = int(log_probs.argmax())
         out.append(token)
         context.append(token)
@@ -159,10 +283,16 @@ def reference_constrained_ar(model, tokenizer, prompt, constraint, max_new):
     return out
 
 
-def test_ar_constrained_equals_cache_free_reference(tokenizer):
+@pytest.mark.parametrize("slots", [False, True])
+def test_ar_constrained_equals_cache_free_reference(tokenizer, slots):
     model = make_model(tokenizer, seed=4)
     free = ARSampler(model, tokenizer, eos_token_id=[]).generate(PROMPTS, max_new_tokens=30)
-    constraint = binding_constraint(free.completion_ids)
+    constraint = (slot_constraint if slots else binding_constraint)(free.completion_ids)
+    if slots:  # the slot rule binds beyond the repeats
+        distinct = ARSampler(model, tokenizer, eos_token_id=[], constraint=binding_constraint(free.completion_ids))
+        assert distinct.generate(PROMPTS, max_new_tokens=30).completion_ids != ARSampler(
+            model, tokenizer, eos_token_id=[], constraint=constraint
+        ).generate(PROMPTS, max_new_tokens=30).completion_ids
     sampler = ARSampler(model, tokenizer, eos_token_id=[], constraint=constraint)
     got = sampler.generate(PROMPTS, max_new_tokens=30)  # batched, left-padded
     for row, prompt in enumerate(PROMPTS):
@@ -172,11 +302,15 @@ def test_ar_constrained_equals_cache_free_reference(tokenizer):
     assert sum(repeats_in_span(constraint, row) for row in free.completion_ids) > 0
 
 
+@pytest.mark.parametrize("slots", [False, True])
 @pytest.mark.parametrize("block_size", [1, 4, 32])
-def test_block_constrained_has_no_repeats_and_batched_equals_one_by_one(tokenizer, block_size):
+def test_block_constrained_has_no_repeats_and_batched_equals_one_by_one(tokenizer, block_size, slots):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=5)
     free = BlockDiffusionSampler(model, tok, threshold=0.5, eos_token_id=[]).generate(PROMPTS, max_new_tokens=40)
     constraint = UniqueTokens(frequent_tokens(free.completion_ids))
+    if slots:
+        separator = collections.Counter(t for r in free.completion_ids for t in r if t not in constraint.token_ids)
+        constraint = UniqueTokens(constraint.token_ids, separator_id=separator.most_common(1)[0][0])
     assert sum(repeats_in_span(constraint, row) for row in free.completion_ids) > 0
     sampler = BlockDiffusionSampler(model, tok, threshold=0.5, eos_token_id=[], constraint=constraint)
     batched = sampler.generate(PROMPTS, max_new_tokens=40)
@@ -205,8 +339,9 @@ def test_block_size_one_constrained_equals_ar_constrained(tokenizer):
 @torch.no_grad()
 def reference_constrained_block(model, tokenizer, prompt, block_size, threshold, max_new, constraint):
     """Cache-free block decoding of one prompt with the constraint in plain Python: every step recomputes the whole
-    sequence; masked positions after the marker choose with the written ids' mass moved to the unwritten ones; of a step's commits that
-    chose the same id (or one already written) only the most confident new one is kept."""
+    sequence; masked positions after the marker choose with the written ids' mass moved to the unwritten ones (at an
+    id slot: only the unwritten ids); of a step's commits that chose the same id (or one already written) only the
+    most confident new one is kept, and none that leaves a slot empty."""
     mask_id = tokenizer.mask_token_id
     ids, _ = encode_prompts(tokenizer, [prompt])
     context = ids[0].tolist()
@@ -230,13 +365,18 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
                 used = {t for t, k in zip(tokens[start:], known[start:]) if k} & set(constraint.token_ids)
                 for j in range(block_size):
                     if not done[j] and len(out) + j >= start:
-                        log_probs[j] = reference_ban(log_probs[j], used, constraint.token_ids)
+                        slot = reference_is_slot(tokens, known, start, len(out) + j, constraint)
+                        rule = reference_slot_ban if slot else reference_ban
+                        log_probs[j] = rule(log_probs[j], used, constraint.token_ids)
             conf, cand = log_probs.max(-1)
             masked = torch.tensor([not d for d in done])[None]
             chosen = select_commits(conf.exp()[None], masked, threshold, torch.ones(1, dtype=torch.long))[0]
             chosen = torch.nonzero(chosen).flatten().tolist()
             after = out + [int(cand[j]) if j in chosen else block[j] for j in range(block_size)]
-            start = span_start(after, [True] * len(out) + [done[j] or j in chosen for j in range(block_size)])
+            after_known = [True] * len(out) + [done[j] or j in chosen for j in range(block_size)]
+            start = span_start(after, after_known)
+            new = [False] * len(out) + [j in chosen for j in range(block_size)]
+            empty = reference_empty_slot_drops(after, after_known, new, start, constraint)
             taken = set()
             if start is not None:
                 taken = {t for t, k in zip(tokens[start:], known[start:]) if k} & set(constraint.token_ids)
@@ -248,6 +388,7 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
                     continue
                 taken |= {token} if in_span else set()
                 kept.append(j)
+            kept = [j for j in kept if len(out) + j not in empty]
             for j in kept or chosen:
                 block[j], done[j] = int(cand[j]), True
         context += block
@@ -255,11 +396,12 @@ def reference_constrained_block(model, tokenizer, prompt, block_size, threshold,
     return out[:max_new]
 
 
+@pytest.mark.parametrize("slots", [False, True])
 @pytest.mark.parametrize("block_size,threshold", [(4, 0.5), (8, 0.2), (32, 0.3)])
-def test_block_constrained_equals_cache_free_reference(tokenizer, block_size, threshold):
+def test_block_constrained_equals_cache_free_reference(tokenizer, block_size, threshold, slots):
     model, tok = make_converted(tokenizer, block_size=block_size, seed=7)
     free = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[]).generate(PROMPTS, max_new_tokens=40)
-    constraint = binding_constraint(free.completion_ids)
+    constraint = (slot_constraint if slots else binding_constraint)(free.completion_ids)
     sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[], constraint=constraint)
     got = sampler.generate(PROMPTS, max_new_tokens=40)
     for row, prompt in enumerate(PROMPTS):
@@ -267,6 +409,10 @@ def test_block_constrained_equals_cache_free_reference(tokenizer, block_size, th
         assert got.completion_ids[row] == expected
         assert repeats_in_span(constraint, got.completion_ids[row]) == 0
     assert got.completion_ids != free.completion_ids
+    if slots:  # the slot rule binds beyond the repeats
+        distinct = binding_constraint(free.completion_ids)
+        sampler = BlockDiffusionSampler(model, tok, threshold=threshold, eos_token_id=[], constraint=distinct)
+        assert sampler.generate(PROMPTS, max_new_tokens=40).completion_ids != got.completion_ids
 
 
 def test_constraint_must_be_unique_tokens(tokenizer):

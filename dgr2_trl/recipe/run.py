@@ -38,8 +38,13 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
     start = time.perf_counter()
     recipe = Recipe(preset, output_dir)
     results = {"floor": recipe.floor()}
+    # wall seconds of each phase in this call (a resumed stage counts only its loading), so the main job's time
+    # budget can be read off results.json
+    wall = {"data": time.perf_counter() - start}
     for stage in stages:
+        began = time.perf_counter()
         results[stage] = recipe.run_stage(stage)
+        wall[stage] = time.perf_counter() - began
         r = results[stage]
         print(
             f"[{stage}] R@1 {r['recall@1']:.4f}  R@3 {r['recall@3']:.4f}  NDCG@3 {r['ndcg@3']:.4f}  "
@@ -47,9 +52,15 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
             f"distinct texts {r['num_distinct_texts']}  n {r['n']}",
             flush=True,
         )
+    began = time.perf_counter()
     comparisons = analyse(recipe.output_dir, {"test": recipe.test, "validation": recipe.data.validation})
     comparisons["feature_ranker_fit"] = recipe.data.stats.get("feature_ranker")
+    wall["analysis"] = time.perf_counter() - began
+    began = time.perf_counter()
     rows = recipe.frontier(stages[-1]) if frontier else []
-    table = write_report(recipe.output_dir, preset.to_dict(), results, rows, machine_info(), comparisons)
+    wall["frontier"] = time.perf_counter() - began
+    wall["total"] = time.perf_counter() - start
+    machine = {**machine_info(), "wall_seconds": {k: round(v, 1) for k, v in wall.items()}}
+    table = write_report(recipe.output_dir, preset.to_dict(), results, rows, machine, comparisons)
     print(f"\n{table}\nresults in {recipe.output_dir} ({time.perf_counter() - start:.0f}s)", flush=True)
     return {"stages": results, "frontier": rows, "table": table}

@@ -52,7 +52,8 @@ class ARSampler:
             [torch.ones_like(written, dtype=torch.bool), torch.zeros_like(upcoming, dtype=torch.bool)], 1
         )
         in_span, used = self.constraint.span_state(tokens, known)
-        banned = self.constraint.ban(log_probs, used)
+        id_slot = self.constraint.id_slots(tokens, known, in_span)[:, -1]
+        banned = self.constraint.ban(log_probs, used, id_slot)
         return torch.where(in_span[:, -1:], banned, log_probs)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):

@@ -242,8 +242,10 @@ class BlockDiffusionSampler:
 
     With a `constraint` (`UniqueTokens`, e.g. distinct candidate ids in a ranking), every masked position in the
     constrained span chooses among the tokens the row has not written there (the others' probability renormalised
-    away), and of the positions one step commits that chose the same token only the most confident is kept.
-    Confidences and log-probs are then those of the constrained distribution.
+    away), and of the positions one step commits that chose the same token only the most confident is kept; with a
+    separator, an id slot (after the marker or a written separator, before a written separator or end token)
+    chooses only among unused ids, and a step's commits that would leave a slot empty are dropped
+    (`UniqueTokens.drop_empty_slots`). Confidences and log-probs are then those of the constrained distribution.
     """
 
     def __init__(
@@ -326,8 +328,10 @@ class BlockDiffusionSampler:
         noisy_hidden = self._forward_block(active, block, settings.temperature)
         ban = None
         if self.constraint is not None:
-            in_span, used = self.constraint.span_state(*self._row_tokens(active, block))
-            ban = (in_span[:, -self.block_size :], used)
+            tokens, known = self._row_tokens(active, block)
+            in_span, used = self.constraint.span_state(tokens, known)
+            id_slot = self.constraint.id_slots(tokens, known, in_span)
+            ban = (in_span[:, -self.block_size :], used, id_slot[:, -self.block_size :])
         candidates, candidate_logprob, eos_logprob = self._score_masked(
             block.first_log_probs, noisy_hidden, masked, settings.temperature, settings.generator, ban
         )
@@ -348,14 +352,16 @@ class BlockDiffusionSampler:
         return tokens, known
 
     def _drop_repeats(self, active, block, commit, candidates, candidate_logprob) -> torch.Tensor:
-        """`UniqueTokens.drop_repeats` on the step's commits. A row left with no commit (only when every token it
-        could choose was banned) keeps its commits, so that it still makes progress."""
+        """`UniqueTokens.drop_repeats` and `drop_empty_slots` on the step's commits. A row left with no commit (only
+        when every token it could choose was banned) keeps its commits, so that it still makes progress."""
         tokens, known = self._row_tokens(active, block)
         size = self.block_size
         tokens[:, -size:] = torch.where(commit, candidates, block.tokens)
         pad = torch.zeros_like(active.written, dtype=torch.bool)
         confidence = torch.cat([pad.double(), candidate_logprob.double()], 1)
-        kept = self.constraint.drop_repeats(tokens, known, torch.cat([pad, commit], 1), confidence)[:, -size:]
+        commits = torch.cat([pad, commit], 1)
+        kept = self.constraint.drop_repeats(tokens, known, commits, confidence)
+        kept = (kept & self.constraint.drop_empty_slots(tokens, known, commits))[:, -size:]
         stuck = commit.any(-1) & ~kept.any(-1)
         return torch.where(stuck[:, None], commit, kept)
 
@@ -432,9 +438,10 @@ class BlockDiffusionSampler:
             predicting = noisy_hidden[rows[later], cols[later] - 1]  # noisy position j - 1 predicts token j
             log_probs[later] = self._log_probs(predicting, temperature).to(log_probs.dtype)
         if ban is not None:
-            in_span, used = ban
+            in_span, used, id_slot = ban
             spanned = in_span[rows, cols]
-            log_probs[spanned] = self.constraint.ban(log_probs[spanned], used[rows[spanned]])
+            slot = id_slot[rows, cols][spanned]
+            log_probs[spanned] = self.constraint.ban(log_probs[spanned], used[rows[spanned]], slot)
         chosen = sample_tokens(log_probs, temperature, generator)
         candidates = torch.zeros_like(masked, dtype=torch.long)
         candidate_logprob = torch.zeros_like(masked, dtype=log_probs.dtype)

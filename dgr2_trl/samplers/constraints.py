@@ -3,7 +3,8 @@
 `UniqueTokens` makes a ranking's candidate ids distinct: after the answer's start marker, each id token appears at
 most once. Without it a re-ranker that reorders a list by hand ("the promoted ids, then the rest in the given
 order") sometimes writes a promoted id twice, and the whole answer is invalid; in the block decoder two positions of
-one step can also choose the same id without seeing each other. The constraint changes the sampled distribution
+one step can also choose the same id without seeing each other. With a separator token it also keeps every slot of
+the list an id: an unsure re-ranker otherwise writes an empty slot (`"[4]","","[5]"`: two separators in a row). The constraint changes the sampled distribution
 (the banned tokens' mass is renormalised away), so it is for inference and evaluation, not for the rollouts whose
 log-probs training replays.
 """
@@ -28,10 +29,18 @@ class UniqueTokens:
         start_ids (`Sequence[int]`, *optional*, defaults to `()`):
             The token sequence that opens the constrained span (e.g. the tokens of `{"ranking":["`); empty: the span
             is the whole completion. Tokens before the span (a reasoning trace that names every candidate) are free.
+        separator_id (`int`, *optional*):
+            The token between two ids (`","` in `["[2]","[4]"]`). With it, a span position right after the marker or
+            a written separator, or right before a written separator or `end_id`, is an id slot: it may only hold an
+            unused id (see `id_slots`). None: only the repeats are banned.
+        end_id (`int`, *optional*):
+            The token after the last id (`"]}`); only read with `separator_id`.
     """
 
     token_ids: tuple[int, ...]
     start_ids: tuple[int, ...] = ()
+    separator_id: int | None = None
+    end_id: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
@@ -40,6 +49,14 @@ class UniqueTokens:
             raise ValueError("UniqueTokens needs at least one token id")
         if len(set(self.token_ids)) != len(self.token_ids):
             raise ValueError(f"UniqueTokens token_ids repeat an id: {self.token_ids}")
+        for name in ("separator_id", "end_id"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+            if value is not None and int(value) in self.token_ids:
+                raise ValueError(f"UniqueTokens {name} {value} is one of the ids {self.token_ids}")
+        if self.end_id is not None and self.separator_id is None:
+            raise ValueError("UniqueTokens end_id needs a separator_id (it only marks the end of the last id slot)")
 
     @classmethod
     def from_texts(cls, tokenizer, texts: Sequence[str], start_text: str = "") -> UniqueTokens:
@@ -57,20 +74,28 @@ class UniqueTokens:
         return cls(tuple(token_ids), tuple(start_ids))
 
     @classmethod
-    def for_ranking(cls, tokenizer, candidate_ids: Sequence[str], answer_example: str) -> UniqueTokens:
+    def for_ranking(
+        cls, tokenizer, candidate_ids: Sequence[str], answer_example: str, id_slots: bool = True
+    ) -> UniqueTokens:
         """Distinct candidate ids in a ranking answer: `candidate_ids` (every id of the task, each one token) may
         appear once after the answer's opening tokens, read off `answer_example` (an answer as the model is trained
         to write it, e.g. a training completion: its tokens from `{"ranking"` up to the first id). The reasoning
-        before the answer may name the ids freely."""
+        before the answer may name the ids freely. With `id_slots`, the separator between the example's first two
+        ids and the token after its last id are read off too (when each is one token), so every slot of the list
+        holds an id."""
         at = answer_example.rfind(RANKING_ANSWER_PREFIX)
         if at < 0:
             raise ValueError(f"answer_example holds no {RANKING_ANSWER_PREFIX!r}: {answer_example[-80:]!r}")
         ids = cls.from_texts(tokenizer, sorted(set(candidate_ids)))
         answer = tokenizer.encode(answer_example[at:], add_special_tokens=False)
-        first_id = next((i for i, t in enumerate(answer) if t in ids.token_ids), None)
-        if not first_id:
+        at_ids = [i for i, t in enumerate(answer) if t in ids.token_ids]
+        if not at_ids or not at_ids[0]:
             raise ValueError(f"answer_example's answer holds none of the candidate ids: {answer_example[at:]!r}")
-        return cls(ids.token_ids, tuple(answer[:first_id]))
+        separator = end = None
+        if id_slots and len(at_ids) > 1 and at_ids[1] - at_ids[0] == 2:
+            separator = answer[at_ids[0] + 1]
+            end = answer[at_ids[-1] + 1] if at_ids[-1] + 1 < len(answer) else None
+        return cls(ids.token_ids, tuple(answer[: at_ids[0]]), separator, end)
 
     def span_state(self, tokens: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the constraint applies and what it bans, for completions `tokens` `(B, L)` of which `known`
@@ -93,11 +118,46 @@ class UniqueTokens:
         written = (tokens[:, :, None] == ids) & (known & in_span)[:, :, None]  # (B, L, K)
         return in_span, written.any(1)
 
-    def ban(self, log_probs: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    def id_slots(self, tokens: torch.Tensor, known: torch.Tensor, in_span: torch.Tensor) -> torch.Tensor:
+        """Span positions `(B, L)` that may only hold an id, given what is written (`known`): the first position of
+        the span, one right after a written separator, one right before a written separator or end token. All
+        False without a `separator_id`."""
+        if self.separator_id is None:
+            return torch.zeros_like(in_span)
+        closing = self._closes_slot(tokens) & known & in_span
+        before_closing = torch.zeros_like(closing)
+        before_closing[:, :-1] = closing[:, 1:]
+        return in_span & (self._opens_slot(tokens, known, in_span) | before_closing)
+
+    def _opens_slot(self, tokens, known, in_span) -> torch.Tensor:
+        """Positions right after the marker (the span's first) or after a written separator."""
+        after = torch.zeros_like(in_span)
+        after[:, 1:] = (in_span & known & (tokens == self.separator_id))[:, :-1]
+        first = in_span.clone()
+        first[:, 1:] &= ~in_span[:, :-1]
+        return first | after
+
+    def _closes_slot(self, tokens) -> torch.Tensor:
+        closing = tokens == self.separator_id
+        return closing | (tokens == self.end_id) if self.end_id is not None else closing
+
+    def ban(self, log_probs: torch.Tensor, used: torch.Tensor, id_slot: torch.Tensor | None = None) -> torch.Tensor:
         """`log_probs` `(N, V)` with the `used` `(N, K)` tokens removed. Their mass goes to the unused tokens of
         `token_ids` in proportion to theirs, so the probability of writing one of them at all is unchanged (a
         ranking's id slot stays an id slot rather than becoming `""` or a stray token); the other tokens keep
-        theirs. With every one of `token_ids` used (or of zero probability), the rest is renormalised."""
+        theirs. With every one of `token_ids` used (or of zero probability), the rest is renormalised. Rows where
+        `id_slot` `(N,)` is True keep only the unused ids, renormalised among themselves (unless none has mass)."""
+        banned = self._ban_used(log_probs, used)
+        if id_slot is None or not id_slot.any():
+            return banned
+        ids = torch.tensor(self.token_ids, device=log_probs.device)
+        unused = log_probs[:, ids].masked_fill(used, float("-inf"))
+        total = torch.logsumexp(unused, -1, keepdim=True)
+        only_ids = torch.full_like(log_probs, float("-inf"))
+        only_ids[:, ids] = unused - total.nan_to_num(0.0, neginf=0.0)
+        return torch.where(id_slot[:, None] & torch.isfinite(total), only_ids, banned)
+
+    def _ban_used(self, log_probs: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
         ids = torch.tensor(self.token_ids, device=log_probs.device)
         id_log_probs = log_probs[:, ids]  # (N, K)
         unused = id_log_probs.masked_fill(used, float("-inf"))
@@ -129,3 +189,24 @@ class UniqueTokens:
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :, None]
         repeated = new & (old[:, None, :] | (positions != best[:, None, :]))
         return commit & ~repeated.any(-1)
+
+    def drop_empty_slots(self, tokens: torch.Tensor, known: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
+        """Which of one parallel step's commits `(B, L)` to keep so that no id slot is left empty: after the step, a
+        written non-id right after the marker or a separator, or a separator/end token right after a written non-id
+        (`","` twice, or one straight after the marker), is a conflict of two neighbours; the step's commit among
+        them is dropped (the right one when both are new). A lone commit never conflicts, because `id_slots`
+        restricted it when it was chosen. Keeps every commit without a `separator_id`."""
+        if self.separator_id is None:
+            return commit
+        after = known | commit
+        in_span, _ = self.span_state(tokens, after)
+        is_id = torch.isin(tokens, torch.tensor(self.token_ids, device=tokens.device))
+        left_non_id = torch.zeros_like(after)
+        left_non_id[:, 1:] = (after & ~is_id)[:, :-1]  # the marker's last token counts: an empty first slot
+        conflict = after & in_span
+        conflict &= (self._opens_slot(tokens, after, in_span) & ~is_id) | (self._closes_slot(tokens) & left_non_id)
+        drop = conflict & commit
+        left_of_old = torch.zeros_like(drop)
+        left_of_old[:, :-1] = (conflict & ~commit)[:, 1:]  # the pair's right token was written before: drop the left
+        drop |= left_of_old & commit & in_span
+        return commit & ~drop
