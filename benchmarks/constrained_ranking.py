@@ -3,7 +3,7 @@
 Every stage that writes text (the AR teacher, +CFT, +OPD, +RL) is decoded twice on the same users, at the
 evaluation setting: free, and with `Recipe.ranking_constraint()` (after `{"ranking":["` an id already written cannot
 be chosen again; in the block decoder, of one step's commits that chose the same id only the most confident is
-kept). Reported per stage and mode: the recipe's metrics, valid rate and its 95% lower bound, the invalid reasons,
+kept; unless `--no_id_slots`, every slot of the list must also hold an id: no `","","`). Reported per stage and mode: the recipe's metrics, valid rate and its 95% lower bound, the invalid reasons,
 copies of the pre-ranker, distinct texts and tokens/s; and paired 95% bootstrap intervals of constrained - free,
 of each stage against the free teacher and against the constrained teacher.
 
@@ -73,6 +73,11 @@ def main():
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument(
+        "--no_id_slots",
+        action="store_true",
+        help="only distinct ids: leave the list's slots free (an id may be empty)",
+    )
+    parser.add_argument(
         "--table", nargs="+", default=None, help="print the Markdown table of these reports, run nothing"
     )
     args = parser.parse_args()
@@ -81,7 +86,7 @@ def main():
         return
     preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
     recipe = Recipe(preset, args.recipe_dir)
-    constraint = recipe.ranking_constraint()
+    constraint = recipe.ranking_constraint(id_slots=not args.no_id_slots)
     targets = (
         list(getattr(recipe.data, args.split)["target"]) if args.split == "validation" else list(recipe.test["target"])
     )

@@ -4,8 +4,8 @@ The recipe's stage table is measured on 500 test queries; 500 valid answers out 
 rate above 0.994 (one-sided 95%). This check decodes many more prompts (test users, or with `--split validation`
 validation users, whether or not the pre-ranker found their true item: validity does not need it) at the
 evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lower bound. `--distinct_ids` decodes
-with the recipe's `UniqueTokens` constraint (an id already in the answer cannot be written again); `--stage ar`
-checks the AR teacher.
+with the recipe's `UniqueTokens` constraint (an id already in the answer cannot be written again, and every slot of
+the list holds an id unless `--no_id_slots`); `--stage ar` checks the AR teacher.
 
     python benchmarks/validity_check.py --recipe_dir outputs/recipe-default --queries 5000 --out benchmarks/results/validity_check.json
 """
@@ -38,6 +38,9 @@ def main():
         action="store_true",
         help="decode with Recipe.ranking_constraint() (an id already in the answer cannot be written again)",
     )
+    parser.add_argument(
+        "--no_id_slots", action="store_true", help="with --distinct_ids: leave the list's slots free (no id slots)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
     args = parser.parse_args()
     preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
@@ -51,7 +54,7 @@ def main():
         block=args.stage != "ar",
         threshold=threshold,
         batch_size=args.batch_size,
-        constraint=recipe.ranking_constraint() if args.distinct_ids else None,
+        constraint=recipe.ranking_constraint(id_slots=not args.no_id_slots) if args.distinct_ids else None,
     )
     valid = round(scores["valid_rate"] * scores["n"])
     report = {
@@ -61,6 +64,7 @@ def main():
         "split": args.split,
         "threshold": threshold,
         "distinct_ids": args.distinct_ids,
+        "id_slots": args.distinct_ids and not args.no_id_slots,
         "fallback": preset.eval_fallback,
         "n": scores["n"],
         "valid": valid,
@@ -73,7 +77,7 @@ def main():
     print(
         f"{args.stage}: valid {valid}/{scores['n']} (rate {scores['valid_rate']:.4f}, one-sided 95% lower bound "
         f"{report['valid_rate_lower_95']:.4f}) on {args.split} users at threshold {threshold} / {preset.eval_fallback}"
-        f"{', distinct ids' if args.distinct_ids else ''}; "
+        f"{', distinct ids' if args.distinct_ids else ''}{', id slots' if report['id_slots'] else ''}; "
         f"invalid reasons {scores['invalid_reasons']}",
         flush=True,
     )

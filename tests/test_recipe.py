@@ -70,8 +70,14 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
     constrained = recipe.evaluate(teacher, block=False, max_queries=16, constraint=constraint, keep_rows=True)
     for a, b in zip(free["rows"], constrained["rows"]):
         assert b["text"] == a["text"] or not a["valid"]
-    block = recipe.evaluate(recipe.load("rl"), block=True, max_queries=16, constraint=constraint)
+    block = recipe.evaluate(recipe.load("rl"), block=True, max_queries=16, constraint=constraint, keep_rows=True)
     assert constrained["invalid_reasons"].get("duplicate", 0) == block["invalid_reasons"].get("duplicate", 0) == 0
+    # the list's separator and end token are read off the data too, and no slot is left empty
+    assert recipe.tokenizer.decode([constraint.separator_id]) == '","'
+    assert recipe.tokenizer.decode([constraint.end_id]) == '"]}'
+    for row in constrained["rows"] + block["rows"]:
+        answer = row["text"][row["text"].find('{"ranking"') :]
+        assert '""' not in answer, answer
 
 
 def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):

@@ -189,9 +189,9 @@ class Recipe:
         pretrained = self.preset.model_name_or_path is not None
         return lora_config(self.preset, train_embeddings=pretrained and self.preset.add_data_tokens)
 
-    def ranking_constraint(self) -> UniqueTokens:
+    def ranking_constraint(self, id_slots: bool = True) -> UniqueTokens:
         """Distinct candidate ids in the answer (`UniqueTokens.for_ranking`): every candidate id of the data, the
-        answer's opening tokens read off a training completion."""
+        answer's opening tokens (and with `id_slots` its separator and end token) read off a training completion."""
         ids = {
             c
             for split in (self.data.train, self.data.validation, self.test)
@@ -200,7 +200,7 @@ class Recipe:
         }
         example = self.data.train[0]["completion"]
         example = example[-1]["content"] if isinstance(example, list) else example
-        return UniqueTokens.for_ranking(self.tokenizer, sorted(ids), example)
+        return UniqueTokens.for_ranking(self.tokenizer, sorted(ids), example, id_slots=id_slots)
 
     def stage_dir(self, stage: str) -> Path:
         return self.output_dir / stage
