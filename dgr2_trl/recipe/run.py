@@ -19,10 +19,20 @@ from .stages import STAGES, Recipe, check_stage_order
 logger = logging.getLogger(__name__)
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name on Linux (step times differ by a factor ~1.7 between two x86_64 machines here)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
