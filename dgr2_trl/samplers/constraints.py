@@ -4,9 +4,9 @@
 most once. Without it a re-ranker that reorders a list by hand ("the promoted ids, then the rest in the given
 order") sometimes writes a promoted id twice, and the whole answer is invalid; in the block decoder two positions of
 one step can also choose the same id without seeing each other. With a separator token it also keeps every slot of
-the list an id: an unsure re-ranker otherwise writes an empty slot (`"[4]","","[5]"`: two separators in a row). The constraint changes the sampled distribution
-(the banned tokens' mass is renormalised away), so it is for inference and evaluation, not for the rollouts whose
-log-probs training replays.
+the list an id: an unsure re-ranker otherwise writes an empty slot (`"[4]","","[5]"`: two separators in a row).
+The constraint changes the sampled distribution (the banned tokens' mass is renormalised away), so it is for
+inference and evaluation, not for the rollouts whose log-probs training replays.
 """
 
 from __future__ import annotations
