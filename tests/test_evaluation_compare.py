@@ -199,21 +199,52 @@ def test_recipe_seed_aggregation(tmp_path):
 
     from dgr2_trl.recipe.seeds import aggregate_runs, markdown
 
-    dirs = []
-    for seed, r3 in ((0, 0.60), (1, 0.64)):
+    dirs, benches = [], []
+    for seed, r3, cft in ((0, 0.60, 0.55), (1, 0.64, 0.54)):
         d = tmp_path / f"seed{seed}"
         d.mkdir()
         teacher = {"recall@3": {"diff": r3 - 0.5, "low": 0.0, "high": 0.2}, "identical_rate": 0.1, "n": 10}
+        floor = {"recall@3": 0.5, "ndcg@3": 0.5, "n": 10}
         results = {
             "preset": {"seed": seed},
-            "stages": {"floor": {"recall@3": 0.5}, "ar": {"recall@3": r3, "valid_rate": 1.0}},
+            "stages": {
+                "floor": floor,
+                "ar": {"recall@3": r3, "ndcg@3": r3, "valid_rate": 1.0, "n": 10},
+                "naive": {"ndcg@3": 0.5, "n": 5},  # a sample: no gain-kept share
+                "cft": {"recall@3": cft, "ndcg@3": cft, "valid_rate": 0.8, "n": 10},
+            },
             "comparisons": {"teacher_vs_floor": {"test": teacher}, "vs_teacher": {}},
         }
         (d / "results.json").write_text(json.dumps(results))
         dirs.append(d)
+        bench = {
+            "seed": seed,
+            "runs": {
+                "ar/free": results["stages"]["ar"],
+                "cft/constrained": {"ndcg@3": cft + 0.02, "valid_rate": 1.0, "n": 10},
+            },
+            "vs_teacher_free": {"cft": {"constrained": {"ndcg@3": {"diff": cft + 0.02 - r3}, "n": 10}}},
+        }
+        benches.append(tmp_path / f"constrained{seed}.json")
+        benches[-1].write_text(json.dumps(bench))
     summary = aggregate_runs(dirs)
     assert summary["seeds"] == [0, 1]
     ar = summary["stages"]["ar"]["recall@3"]
     assert abs(ar["mean"] - 0.62) < 1e-12 and abs(ar["std"] - np.std([0.60, 0.64], ddof=1)) < 1e-12
     assert abs(summary["teacher_vs_floor"]["test"]["recall@3"]["mean"] - 0.12) < 1e-12
     assert "| AR teacher |" in markdown(summary) and "0.6200 ± 0.0283" in markdown(summary)
+    # gain kept: (0.55 - 0.5) / 0.10 and (0.54 - 0.5) / 0.14; the naive sample is left out
+    assert set(summary["gain_kept"]) == {"cft"}
+    assert abs(summary["gain_kept"]["cft"]["mean"] - (0.5 + 0.04 / 0.14) / 2) < 1e-12
+    assert "constrained" not in summary
+
+    summary = aggregate_runs(dirs, benches)
+    c = summary["constrained"]
+    assert abs(c["stages"]["cft"]["ndcg@3"]["mean"] - 0.565) < 1e-12
+    assert abs(c["vs_teacher"]["cft"]["ndcg@3"]["mean"] - ((0.57 - 0.60) + (0.56 - 0.64)) / 2) < 1e-12
+    assert abs(c["gain_kept"]["cft"]["min"] - 0.06 / 0.14) < 1e-12 and abs(c["gain_kept"]["cft"]["max"] - 0.7) < 1e-12
+    assert "| +CFT constrained - teacher (test) |" in markdown(summary)
+    with pytest.raises(ValueError, match="one per run"):
+        aggregate_runs(dirs, benches[:1])
+    with pytest.raises(ValueError, match="seed 1 but its run has seed 0"):
+        aggregate_runs(dirs, benches[::-1])

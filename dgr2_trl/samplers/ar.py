@@ -46,15 +46,8 @@ class ARSampler:
 
     def _constrained(self, log_probs: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
         """The next token's log-probs under the constraint, given each row's tokens so far (`written`)."""
-        upcoming = written.new_zeros(len(written), 1)
-        tokens = torch.cat([written, upcoming], 1)
-        known = torch.cat(
-            [torch.ones_like(written, dtype=torch.bool), torch.zeros_like(upcoming, dtype=torch.bool)], 1
-        )
-        in_span, used = self.constraint.span_state(tokens, known)
-        id_slot = self.constraint.id_slots(tokens, known, in_span)[:, -1]
-        banned = self.constraint.ban(log_probs, used, id_slot)
-        return torch.where(in_span[:, -1:], banned, log_probs)
+        lengths = torch.full((len(written),), written.shape[1], dtype=torch.long, device=written.device)
+        return self.constraint.next_token(log_probs, written, lengths)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         kwargs = {_cache_kwarg(self.model): cache}

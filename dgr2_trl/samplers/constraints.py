@@ -141,6 +141,20 @@ class UniqueTokens:
         closing = tokens == self.separator_id
         return closing | (tokens == self.end_id) if self.end_id is not None else closing
 
+    def next_token(self, log_probs: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The log-probs `(N, V)` of the token each row writes next, under the constraint, when row `n` has written
+        `tokens[n, :lengths[n]]` (`tokens` `(N, L)`; what lies beyond a row's length is ignored). What the left-to-
+        right samplers (AR, and the verifier of speculative decoding) choose from."""
+        batch, width = tokens.shape
+        tokens = torch.cat([tokens, tokens.new_zeros(batch, 1)], 1)  # room for the upcoming token
+        positions = torch.arange(width + 1, device=tokens.device)[None, :]
+        known = positions < lengths[:, None]
+        in_span, used = self.span_state(tokens, known)
+        upcoming = positions == lengths[:, None]
+        id_slot = (self.id_slots(tokens, known, in_span) & upcoming).any(-1)
+        banned = self.ban(log_probs, used, id_slot)
+        return torch.where((in_span & upcoming).any(-1, keepdim=True), banned, log_probs)
+
     def ban(self, log_probs: torch.Tensor, used: torch.Tensor, id_slot: torch.Tensor | None = None) -> torch.Tensor:
         """`log_probs` `(N, V)` with the `used` `(N, K)` tokens removed. Their mass goes to the unused tokens of
         `token_ids` in proportion to theirs, so the probability of writing one of them at all is unchanged (a
