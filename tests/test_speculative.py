@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from dgr2_trl import ARSampler, BlockDiffusionSampler, SpeculativeSampler
+from dgr2_trl import ARSampler, BlockDiffusionSampler, SpeculativeSampler, UniqueTokens
 from dgr2_trl.modeling import tiny_causal_lm
 from dgr2_trl.modeling.conversion import CONFIG_KEY, BlockDiffusionSettings
 from dgr2_trl.samplers.speculative import accepted_lengths, prefix_commits
@@ -94,12 +94,12 @@ def test_fused_step_sees_the_finished_block_under_the_block_rule(tokenizer, monk
     """The fused step's log-probs equal an uncached block-rule forward of [prompt, finished blocks, masked block]."""
     from dgr2_trl.modeling.forward import forward_logits
     from dgr2_trl.modeling.masks import block_attention_mask
-    from dgr2_trl.samplers import speculative
+    from dgr2_trl.samplers import speculative_rows
 
     size = 4
     drafter, tok = make_converted(tokenizer, block_size=size, seed=0)
     seen = []
-    original = speculative._Rows._predraft
+    original = speculative_rows._Rows._predraft
 
     def record(self, next_draft):
         for entry, row in enumerate(self.rows.tolist()):
@@ -108,7 +108,7 @@ def test_fused_step_sees_the_finished_block_under_the_block_rule(tokenizer, monk
                 seen.append((prompts[row], list(self.tokens[row][:-1]), next_draft.log_probs[entry].clone()))
         original(self, next_draft)
 
-    monkeypatch.setattr(speculative._Rows, "_predraft", record)
+    monkeypatch.setattr(speculative_rows._Rows, "_predraft", record)
     sampler = SpeculativeSampler(drafter, tok, threshold=0.0, fuse_next_draft=True)
     for prompts in [PROMPTS] + [[p] for p in PROMPTS]:  # batched (once the other rows have stopped) and one by one
         sampler.generate(prompts, max_new_tokens=MAX_NEW)
@@ -126,6 +126,76 @@ def test_fused_step_sees_the_finished_block_under_the_block_rule(tokenizer, monk
         logits = forward_logits(drafter, ids, torch.arange(ids.shape[1])[None], allowed, columns)
         logits[..., mask_id] = float("-inf")
         torch.testing.assert_close(log_probs, logits[0].log_softmax(-1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+@pytest.mark.parametrize(("self_speculative", "slots"), [(False, False), (True, False), (False, True)])
+def test_constrained_greedy_equals_the_verifiers_constrained_greedy(
+    tokenizer, verifier, block_size, self_speculative, slots
+):
+    """With a `UniqueTokens` constraint the output is `ARSampler(verifier, constraint)`'s, batched and one by one,
+    rows stopping at EOS at different times; the constraint binds (the free output differs)."""
+    from tests.test_constraints import binding_constraint, repeats_in_span, slot_constraint
+
+    drafter, tok = make_converted(tokenizer, block_size=block_size, seed=0)
+    target = drafter if self_speculative else verifier
+    free = ARSampler(target, tok).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    constraint = (slot_constraint if slots else binding_constraint)(free.completion_ids)
+    expected = ARSampler(target, tok, constraint=constraint).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert expected.completion_ids != free.completion_ids
+    assert min(len(ids) for ids in expected.completion_ids) < MAX_NEW
+    sampler = SpeculativeSampler(
+        drafter, tok, verifier=None if self_speculative else verifier, threshold=0.5, constraint=constraint
+    )
+    out = sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert out.completion_ids == expected.completion_ids
+    for got, want in zip(out.logprobs, expected.logprobs):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-9)
+    for row, prompt in enumerate(PROMPTS):
+        assert repeats_in_span(constraint, out.completion_ids[row]) == 0
+        assert sampler.generate([prompt], max_new_tokens=MAX_NEW).completion_ids[0] == expected.completion_ids[row]
+    if self_speculative and block_size > 1:  # the fused verification keeps it too
+        fused = SpeculativeSampler(drafter, tok, threshold=0.0, fuse_next_draft=True, constraint=constraint)
+        assert fused.generate(PROMPTS, max_new_tokens=MAX_NEW).completion_ids == expected.completion_ids
+    with pytest.raises(TypeError, match="UniqueTokens"):
+        SpeculativeSampler(drafter, tok, constraint={"ids": [1, 2]})
+
+
+@pytest.mark.parametrize("slots", [False, True])
+def test_constrained_verification_judges_each_draft_after_the_drafts_before_it(
+    tokenizer, verifier, monkeypatch, slots
+):
+    """Scripted drafts make every verification judge long runs: drafting the verifier's *free* output (which repeats
+    a constrained id inside one block) must still give the constrained output, since a draft is judged under the
+    constraint as it stands after the drafts before it; drafting the constrained output itself is accepted whole."""
+    from dgr2_trl.samplers.speculative_rows import _Drafts
+    from tests.test_constraints import binding_constraint, slot_constraint
+
+    drafter, tok = make_converted(tokenizer, block_size=8, seed=0)
+    free = ARSampler(verifier, tok).generate(PROMPTS, max_new_tokens=MAX_NEW).completion_ids
+    constraint = (slot_constraint if slots else binding_constraint)(free)
+    expected = ARSampler(verifier, tok, constraint=constraint).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert expected.completion_ids != free
+
+    def scripted(script):
+        def draft(self, rows, temperature, generator):
+            block, count = rows.block.clone(), torch.zeros_like(rows.fixed)
+            for entry, row in enumerate(rows.rows.tolist()):
+                start, fixed, budget = int(rows.produced[entry]), int(rows.fixed[entry]), int(rows.budget[entry])
+                tokens = script[row][start : start + budget]
+                block[entry, fixed : fixed + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                count[entry] = len(tokens)
+            return _Drafts(block=block, count=count, q_log=None)
+
+        return draft
+
+    sampler = SpeculativeSampler(drafter, tok, verifier=verifier, constraint=constraint)
+    for script, whole in ((free, False), (expected.completion_ids, True)):
+        monkeypatch.setattr(SpeculativeSampler, "_draft", scripted(script))
+        out = sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+        assert out.completion_ids == expected.completion_ids
+        rounds = [a for row in out.accepted_per_round for a in row]
+        assert (min(rounds) if whole else max(rounds)) >= 3  # runs of drafts judged in one verification
 
 
 def test_fuse_next_draft_needs_self_speculation(tokenizer, verifier):
@@ -189,17 +259,24 @@ def _tiny_vocab_models():
     return drafter, verifier
 
 
-def _exact_distribution(model, prompt, length):
-    """Every completion of at most `length` tokens (stopping at EOS) with its probability under `model`."""
+def _exact_distribution(model, prompt, length, unique_ids=()):
+    """Every completion of at most `length` tokens (stopping at EOS) with its probability under `model`; with
+    `unique_ids`, under `UniqueTokens(unique_ids)` written out in plain Python (a used id's mass goes to the unused
+    ones; completions that repeat one have probability 0 and are left out)."""
+    from tests.test_constraints import reference_ban
+
     dist = {}
 
     def extend(prefix, prob):
         if len(prefix) == length or (prefix and prefix[-1] == EOS):
-            dist[tuple(prefix)] = prob
+            if prob > 0:
+                dist[tuple(prefix)] = prob
             return
         with torch.no_grad():
-            logits = model(torch.tensor([prompt + prefix])).logits[0, -1, :VOCAB]
-        for token, p in enumerate(torch.softmax(logits.double(), -1).tolist()):
+            log_probs = torch.log_softmax(model(torch.tensor([prompt + prefix])).logits[0, -1, :VOCAB].double(), -1)
+        if unique_ids:
+            log_probs = reference_ban(log_probs, set(prefix) & set(unique_ids), unique_ids)
+        for token, p in enumerate(log_probs.exp().tolist()):
             extend([*prefix, token], prob * p)
 
     extend([], 1.0)
@@ -233,3 +310,22 @@ def test_sampled_completions_follow_the_verifiers_distribution():
     )
     biased = collections.Counter(tuple(ids) for ids in drafter_only.completion_ids)
     assert _chi_square(biased, dist, n) > 20 * bound
+
+
+def test_constrained_sampled_completions_follow_the_verifiers_constrained_distribution():
+    """As above with `UniqueTokens((0, 1))`: 24 completions keep probability; the bound is the 99.9% quantile for 23
+    degrees of freedom. The free verifier puts a fifth of its mass or more on the banned completions."""
+    drafter, verifier = _tiny_vocab_models()
+    prompt, n, length, ids = [0, 1, 2, 0], 40_000, 3, (0, 1)
+    dist = _exact_distribution(verifier, prompt, length, unique_ids=ids)
+    assert len(dist) == 24 and abs(sum(dist.values()) - 1) < 1e-12
+    free = _exact_distribution(verifier, prompt, length)
+    assert sum(p for k, p in free.items() if k not in dist) > 0.2
+    sampler = SpeculativeSampler(
+        drafter, _IdTokenizer(), verifier=verifier, threshold=0.0, constraint=UniqueTokens(ids)
+    )
+    out = sampler.generate([prompt] * n, max_new_tokens=length, temperature=1.0,
+                           generator=torch.Generator().manual_seed(3))  # fmt: skip
+    counts = collections.Counter(tuple(ids) for ids in out.completion_ids)
+    assert _chi_square(counts, dist, n) < 49.73  # scipy.stats.chi2.ppf(0.999, 23)
+    assert out.mean_accepted_tokens > 0.2

@@ -1,4 +1,4 @@
-"""The output type shared by every sampler."""
+"""The output type shared by every sampler, and the speculative sampler's extension of it."""
 
 from __future__ import annotations
 
@@ -50,3 +50,40 @@ class GenerationOutput:
         """Batch-independent cost: mean over rows of (steps the row needed) / (tokens it produced)."""
         ratios = [s / max(len(ids), 1) for s, ids in zip(self.steps_per_row, self.completion_ids)]
         return sum(ratios) / len(ratios) if ratios else float("nan")
+
+
+@dataclass
+class SpeculativeOutput(GenerationOutput):
+    """`GenerationOutput` plus the cost split and acceptance statistics of speculative decoding.
+
+    `num_forward_passes` is `drafter_passes + verifier_passes` (prefills apart); `steps_per_row` counts, per row, the
+    drafter and verifier calls it took part in; `commit_step` holds, per token, the verification round that
+    produced it.
+
+    Attributes:
+        drafter_passes: drafter calls after its prompt prefill.
+        verifier_passes: verifier calls after its prompt prefill (one per round).
+        accepted_per_round: per row, how many drafted tokens each verification kept (the verifier's own token
+            comes on top).
+        fused_passes: verifier calls that also ran the next block's first denoising step (`fuse_next_draft`).
+        fused_kept: row-rounds whose fused step was kept (every draft of the block accepted).
+    """
+
+    drafter_passes: int = 0
+    verifier_passes: int = 0
+    accepted_per_round: list[list[int]] = field(default_factory=list)
+    fused_passes: int = 0
+    fused_kept: int = 0
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """Mean drafted tokens kept per verification, over every round of every row."""
+        rounds = [a for row in self.accepted_per_round for a in row]
+        return sum(rounds) / len(rounds) if rounds else float("nan")
+
+    @property
+    def tokens_per_verification(self) -> float:
+        """Mean tokens a verification produced (kept drafts plus the verifier's own token), over every row's rounds;
+        a row's last round can produce fewer when it stops at EOS or `max_new_tokens`."""
+        rounds = sum(len(row) for row in self.accepted_per_round)
+        return self.num_generated_tokens / rounds if rounds else float("nan")
