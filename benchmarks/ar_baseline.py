@@ -14,9 +14,8 @@ import torch
 
 # benchmarks/ is on sys.path when run as a script
 from decode_throughput import HFGenerate, synchronize
-from recipe_bench import DTYPES, recipe_parser, write_report
+from recipe_bench import DTYPES, recipe_parser, run_preset, write_report
 
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.stages import Recipe
 from dgr2_trl.samplers import ARSampler
 
@@ -35,7 +34,7 @@ def main():
     parser.add_argument("--queries_batch1", type=int, default=32)
     parser.add_argument("--queries_batch16", type=int, default=128)
     args = parser.parse_args()
-    recipe = Recipe(get_preset(args.preset), args.recipe_dir)
+    recipe = Recipe(run_preset(args), args.recipe_dir)
     model, tokenizer = recipe.load("ar", DTYPES[args.dtype]), recipe.tokenizer
     max_new = recipe.preset.max_new_tokens
     prompts = [row["prompt"] for row in recipe.test.select(range(max(args.queries_batch1, args.queries_batch16)))]

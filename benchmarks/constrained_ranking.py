@@ -18,10 +18,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
+    DTYPES,
+    recipe_parser,
+    run_preset,
+    write_report,
+)
 
 from dgr2_trl.evaluation import METRIC_KEYS, compare_rankings
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe
 
@@ -69,7 +73,6 @@ def markdown_table(reports: list[dict]) -> str:
 
 def main():
     parser = recipe_parser(__doc__, stage=False)
-    parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument(
@@ -84,7 +87,7 @@ def main():
     if args.table:
         print(markdown_table([json.loads(Path(path).read_text()) for path in args.table]))
         return
-    preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
+    preset = run_preset(args)
     recipe = Recipe(preset, args.recipe_dir)
     constraint = recipe.ranking_constraint(id_slots=not args.no_id_slots)
     targets = (
@@ -113,7 +116,7 @@ def main():
     report = {
         "machine": machine_info(),
         "recipe_dir": str(args.recipe_dir),
-        "seed": args.seed,
+        "seed": preset.seed,
         "split": args.split,
         "dtype": args.dtype,
         "threshold": preset.eval_threshold,

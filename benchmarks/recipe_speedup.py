@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import statistics
 
-from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
+    DTYPES,
+    recipe_parser,
+    run_preset,
+    write_report,
+)
 
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe
 
@@ -30,7 +34,7 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    recipe = Recipe(get_preset(args.preset), args.recipe_dir)
+    recipe = Recipe(run_preset(args), args.recipe_dir)
     ar, block = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     recipe.warm_up(ar, block)
     settings = [(float(t), f) for t, f in (s.split(":") for s in args.settings)]

@@ -21,9 +21,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
+    DTYPES,
+    recipe_parser,
+    run_preset,
+    write_report,
+)
 
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe
 from dgr2_trl.samplers import ARSampler, BlockDiffusionSampler
@@ -69,7 +73,7 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    recipe = Recipe(get_preset(args.preset), args.recipe_dir)
+    recipe = Recipe(run_preset(args), args.recipe_dir)
     tokenizer, max_new = recipe.tokenizer, recipe.preset.max_new_tokens
     ar, block = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     server = None

@@ -5,6 +5,8 @@ speculative sampler (the student drafts; the teacher, or the student's own AR mo
 each block-completing verification with the next block's first denoising step), back to back. The
 speculative rows must write exactly the AR verifier's text (reported as `identical_to_verifier`); the report gives
 the median per-round speed ratio over AR, tokens per verification, and drafter / verifier passes per token.
+`--distinct_ids` decodes with `Recipe.ranking_constraint()` everywhere: the speculative rows must then write the
+constrained AR verifier's text, and the valid rate of each decoder is reported.
 
     python benchmarks/speculative.py --recipe_dir outputs/recipe-default --rounds 3 --out benchmarks/results/speculative.json
 """
@@ -13,12 +15,17 @@ from __future__ import annotations
 
 import statistics
 
-from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
+    DTYPES,
+    recipe_parser,
+    run_preset,
+    write_report,
+)
 
 from dgr2_trl import ARSampler, BlockDiffusionSampler, SpeculativeSampler
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe
+from dgr2_trl.rewards import parse_ranking
 
 
 def decode(recipe, sampler, batch_size, n):
@@ -61,20 +68,26 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no_fused", action="store_true", help="leave out self-speculation with fuse_next_draft=True")
+    parser.add_argument(
+        "--distinct_ids", action="store_true", help="decode with Recipe.ranking_constraint() (distinct ids, id slots)"
+    )
     args = parser.parse_args()
-    recipe = Recipe(get_preset(args.preset), args.recipe_dir)
+    recipe = Recipe(run_preset(args), args.recipe_dir)
     teacher, student = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     tok = recipe.tokenizer
-    samplers = {"ar": ARSampler(teacher, tok), "ar (student)": ARSampler(student, tok)}
-    samplers["block"] = BlockDiffusionSampler(student, tok, threshold=args.block_threshold, fallback=args.fallback)
+    c = recipe.ranking_constraint() if args.distinct_ids else None
+    samplers = {"ar": ARSampler(teacher, tok, constraint=c), "ar (student)": ARSampler(student, tok, constraint=c)}
+    samplers["block"] = BlockDiffusionSampler(
+        student, tok, threshold=args.block_threshold, fallback=args.fallback, constraint=c
+    )
     for threshold in args.thresholds:
         for name, verifier in (("teacher", teacher), ("self", None)):
             samplers[f"speculative ({name}) {threshold}"] = SpeculativeSampler(
-                student, tok, verifier=verifier, threshold=threshold, fallback=args.fallback
+                student, tok, verifier=verifier, threshold=threshold, fallback=args.fallback, constraint=c
             )
         if not args.no_fused:
             samplers[f"speculative (self, fused) {threshold}"] = SpeculativeSampler(
-                student, tok, threshold=threshold, fallback=args.fallback, fuse_next_draft=True
+                student, tok, threshold=threshold, fallback=args.fallback, fuse_next_draft=True, constraint=c
             )
     for sampler in samplers.values():  # no timed call pays for first-call costs
         sampler.generate([recipe.test[0]["prompt"]], max_new_tokens=8)
@@ -83,6 +96,7 @@ def main():
         "dtype": args.dtype,
         "rounds": args.rounds,
         "stage": args.stage,
+        "distinct_ids": args.distinct_ids,
         "results": [],
     }
     for batch_size, n in zip(args.batch_sizes, args.queries):
@@ -95,7 +109,7 @@ def main():
                 last[name] = (texts, stats)
         ar_texts = last["ar"][0]
         for name, (texts, stats) in last.items():
-            verifier_texts = last["ar (student)"][0] if "(self)" in name else ar_texts
+            verifier_texts = last["ar (student)"][0] if "(self" in name else ar_texts
             ratios = [s / a for s, a in zip(speeds[name], speeds["ar"])]
             row = {
                 "batch_size": batch_size,
@@ -108,6 +122,8 @@ def main():
                 "tokens_per_second": statistics.median(speeds[name]),
                 "identical_to_ar_teacher": sum(a == b for a, b in zip(texts, ar_texts)) / n,
                 "identical_to_verifier": sum(a == b for a, b in zip(texts, verifier_texts)) / n,
+                "valid_rate": sum(parse_ranking(t, recipe.test[i]["candidates"]).valid for i, t in enumerate(texts))
+                / n,
             }
             report["results"].append(row)
             extra = (
@@ -118,7 +134,7 @@ def main():
             print(
                 f"batch {batch_size:>2} {name:28s}: {row['speedup_median']:.2f}x AR (range {row['speedup_min']:.2f}-"
                 f"{row['speedup_max']:.2f}), {row['forward_passes_per_token']:.3f} passes/token{extra}, "
-                f"same text as the teacher {row['identical_to_ar_teacher']:.3f}",
+                f"same text as the teacher {row['identical_to_ar_teacher']:.3f}, valid {row['valid_rate']:.3f}",
                 flush=True,
             )
     write_report(args.out, report)

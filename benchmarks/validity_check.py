@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from recipe_bench import DTYPES, recipe_parser, write_report  # benchmarks/ is on sys.path when run as a script
+from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
+    DTYPES,
+    recipe_parser,
+    run_preset,
+    write_report,
+)
 
 from dgr2_trl.data import build_rerank_datasets
-from dgr2_trl.recipe import get_preset
 from dgr2_trl.recipe.run import machine_info
 from dgr2_trl.recipe.stages import Recipe, data_settings
 
@@ -41,9 +45,8 @@ def main():
     parser.add_argument(
         "--no_id_slots", action="store_true", help="with --distinct_ids: leave the list's slots free (no id slots)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="the recipe run's --seed (it shapes the data)")
     args = parser.parse_args()
-    preset = dataclasses.replace(get_preset(args.preset), seed=args.seed)
+    preset = run_preset(args)
     recipe = Recipe(preset, args.recipe_dir)
     # the recipe's own test prompts, but every user of the split (not only those the pre-ranker found)
     data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
