@@ -20,6 +20,7 @@ from pathlib import Path
 
 from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
     DTYPES,
+    invalid_answers,
     recipe_parser,
     run_preset,
     write_report,
@@ -122,7 +123,10 @@ def main():
         "threshold": preset.eval_threshold,
         "fallback": preset.eval_fallback,
         "constraint": dataclasses.asdict(constraint),
-        "runs": {key: {k: run[k] for k in REPORTED} for key, run in runs.items()},
+        "runs": {
+            key: {**{k: run[k] for k in REPORTED}, "invalid_answers": invalid_answers(run["rows"])}
+            for key, run in runs.items()
+        },
         "constrained_vs_free": {},
         "vs_teacher_free": {},
         "vs_teacher_constrained": {},

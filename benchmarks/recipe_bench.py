@@ -36,6 +36,17 @@ def recipe_parser(doc: str, stage: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def invalid_answers(rows: list[dict], limit: int = 20) -> list[dict]:
+    """The first `limit` invalid answers of an evaluation's `rows` (`keep_rows=True`): the query's index, why the
+    answer is invalid, and the completion's last 200 characters (where the ranking is), so a report shows what
+    failed and not only how often."""
+    return [
+        {"index": i, "reason": row["reason"], "text_tail": row["text"][-200:]}
+        for i, row in enumerate(rows)
+        if not row["valid"]
+    ][:limit]
+
+
 def write_report(path: str | None, report: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import dataclasses
 
 from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
     DTYPES,
+    invalid_answers,
     recipe_parser,
     run_preset,
     write_report,
@@ -58,6 +59,7 @@ def main():
         threshold=threshold,
         batch_size=args.batch_size,
         constraint=recipe.ranking_constraint(id_slots=not args.no_id_slots) if args.distinct_ids else None,
+        keep_rows=True,
     )
     valid = round(scores["valid_rate"] * scores["n"])
     report = {
@@ -74,6 +76,7 @@ def main():
         "valid_rate": scores["valid_rate"],
         "valid_rate_lower_95": scores["valid_rate_lower_95"],
         "invalid_reasons": scores["invalid_reasons"],
+        "invalid_answers": invalid_answers(scores["rows"]),
         "forward_passes_per_token": scores["forward_passes_per_token"],
         "preset": dataclasses.asdict(preset),
     }
