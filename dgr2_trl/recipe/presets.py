@@ -432,7 +432,7 @@ PRESETS = {
         insert_target_fraction=1.0,
         bf16_on_cpu=False,
     ),
-    # the README's main job: a small model from a config; ~50 minutes on a 2-core EPYC (the budget is 30)
+    # the README's main job: a small model from a config; 20-53 minutes on 2-core EPYC hosts (budget 30)
     "default": RecipePreset(name="default"),
     # SmolLM2-135M-Instruct through the whole recipe on a 2-core CPU in <= 90 minutes: LoRA, a plain-text prompt
     # (no added tokens but the mask) marking the candidates with strong evidence, a reasoning trace in words naming
