@@ -82,6 +82,15 @@ def main():
         help="only distinct ids: leave the list's slots free (an id may be empty)",
     )
     parser.add_argument(
+        "--threshold", type=float, default=None, help="the block stages' commit threshold (default: the preset's)"
+    )
+    parser.add_argument(
+        "--fallback",
+        default=None,
+        choices=["confidence", "leftmost"],
+        help="the block stages' fallback when nothing clears the threshold (default: the preset's)",
+    )
+    parser.add_argument(
         "--table", nargs="+", default=None, help="print the Markdown table of these reports, run nothing"
     )
     args = parser.parse_args()
@@ -101,6 +110,8 @@ def main():
             scores = recipe.evaluate(
                 model,
                 block=stage != "ar",
+                threshold=args.threshold,
+                fallback=args.fallback,
                 split=args.split,
                 constraint=constraint if mode == "constrained" else None,
                 keep_rows=True,
@@ -120,8 +131,8 @@ def main():
         "seed": preset.seed,
         "split": args.split,
         "dtype": args.dtype,
-        "threshold": preset.eval_threshold,
-        "fallback": preset.eval_fallback,
+        "threshold": args.threshold or preset.eval_threshold,
+        "fallback": args.fallback or preset.eval_fallback,
         "constraint": dataclasses.asdict(constraint),
         "runs": {
             key: {**{k: run[k] for k in REPORTED}, "invalid_answers": invalid_answers(run["rows"])}
