@@ -39,6 +39,16 @@ def main():
         help="decode the block settings with Recipe.ranking_constraint() (distinct ids and id slots); AR stays free",
     )
     args = parser.parse_args()
+    for setting in args.settings:
+        parts = setting.split(":")
+        if (
+            len(parts) not in (2, 3)
+            or parts[1] not in ("confidence", "leftmost")
+            or parts[2:] not in ([], ["distinct"])
+        ):
+            parser.error(
+                f"--settings {setting!r}: expected threshold:fallback[:distinct], fallback confidence|leftmost"
+            )
     recipe = Recipe(run_preset(args), args.recipe_dir)
     ar, block = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     recipe.warm_up(ar, block)
