@@ -39,6 +39,7 @@ def main():
         help="decode the block settings with Recipe.ranking_constraint() (distinct ids and id slots); AR stays free",
     )
     args = parser.parse_args()
+    settings = []  # (threshold, fallback, distinct ids)
     for setting in args.settings:
         parts = setting.split(":")
         if (
@@ -49,13 +50,10 @@ def main():
             parser.error(
                 f"--settings {setting!r}: expected threshold:fallback[:distinct], fallback confidence|leftmost"
             )
+        settings.append((float(parts[0]), parts[1], args.distinct_ids or parts[2:] == ["distinct"]))
     recipe = Recipe(run_preset(args), args.recipe_dir)
     ar, block = recipe.load("ar", DTYPES[args.dtype]), recipe.load(args.stage, DTYPES[args.dtype])
     recipe.warm_up(ar, block)
-    settings = [
-        (float(parts[0]), parts[1], args.distinct_ids or parts[2:] == ["distinct"])
-        for parts in (s.split(":") for s in args.settings)
-    ]
     constraint = recipe.ranking_constraint() if any(distinct for *_, distinct in settings) else None
     report = {
         "machine": machine_info(),
