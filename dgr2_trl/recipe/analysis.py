@@ -50,13 +50,14 @@ def _metrics(rankings, targets) -> dict:
     return {k: float(v.mean()) for k, v in per_query_metrics(rankings, targets).items()}
 
 
-def analyse(output_dir: str | Path, datasets: dict, stages=("ar", *DIFFUSION_STAGES)) -> dict:
-    """Comparisons for the stages whose rows files exist. `datasets` maps split name -> evaluation dataset."""
+def analyse(output_dir: str | Path, datasets: dict, stages=("ar", *DIFFUSION_STAGES), prefix: str = "") -> dict:
+    """Comparisons for the stages whose rows files exist. `datasets` maps split name -> evaluation dataset;
+    `prefix` picks another decoding's rows (`"free-"`: `<stage>/free-<split>_rows.jsonl`)."""
     output_dir = Path(output_dir)
     rows = {}
     for stage in stages:
         for split in datasets:
-            path = output_dir / stage / f"{split}_rows.jsonl"
+            path = output_dir / stage / f"{prefix}{split}_rows.jsonl"
             if path.exists():
                 rows[stage, split] = read_jsonl(path)
     out: dict = {"teacher_vs_floor": {}, "anchor": {}, "vs_teacher": {}, "traces": {}}

@@ -79,7 +79,8 @@ def comparison_tables(comparisons: dict) -> list[str]:
     return lines
 
 
-def markdown_table(stages: dict, frontier: list[dict], comparisons: dict | None = None) -> str:
+def stage_table(stages: dict, decoding: str | None = None) -> list[str]:
+    """One row per stage: `stages` maps stage -> scores; `decoding` picks a stage's other evaluation (`"free"`)."""
     # "copies pre-ranker": share of answers that are exactly the pre-ranker's order (a model that ignores its
     # prompt scores the floor with 1.000 here)
     lines = [
@@ -88,9 +89,11 @@ def markdown_table(stages: dict, frontier: list[dict], comparisons: dict | None 
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in ROWS:
-        if key not in stages:
+        s = stages.get(key)
+        if s is not None and decoding is not None and key != "floor":
+            s = s.get(decoding)
+        if s is None:
             continue
-        s = stages[key]
         valid = 1.0 if key == "floor" else s.get("valid_rate")
         lines.append(
             f"| {label} | {_fmt(s.get('recall@1'))} | {_fmt(s.get('recall@3'))} | {_fmt(s.get('recall@5'))} "
@@ -99,8 +102,27 @@ def markdown_table(stages: dict, frontier: list[dict], comparisons: dict | None 
             f"| {_fmt(s.get('forward_passes_per_token'), 3)} | {s.get('n', '-')} "
             f"| {PAPER[key]:.4f} |"
         )
+    return lines
+
+
+def markdown_table(stages: dict, frontier: list[dict], comparisons: dict | None = None) -> str:
+    """The stage table, the paired comparisons, the same two for the free evaluation when there is one (a
+    constrained run's), and the speed frontier."""
+    lines = stage_table(stages)
     if comparisons:
         lines += comparison_tables(comparisons)
+    free = [s["free"].get("threshold") for s in stages.values() if isinstance(s.get("free"), dict)]
+    if free:
+        threshold = next((t for t in free if t is not None), None)
+        lines += [
+            "",
+            "Above: every stage decoded under the ranking constraint (distinct ids, id slots). Below: the same "
+            f"models decoded free (block decoder at threshold {_fmt(threshold, 2)}): how often they write a valid "
+            "ranking on their own.",
+            "",
+            *stage_table(stages, "free"),
+        ]
+        lines += comparison_tables((comparisons or {}).get("free", {}))
     if frontier:
         lines += [
             "",

@@ -59,11 +59,21 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
         print(
             f"[{stage}] R@1 {r['recall@1']:.4f}  R@3 {r['recall@3']:.4f}  NDCG@3 {r['ndcg@3']:.4f}  "
             f"valid {r['valid_rate']:.3f}  copies pre-ranker {r['copies_floor_rate']:.3f}  "
-            f"distinct texts {r['num_distinct_texts']}  n {r['n']}",
+            f"distinct texts {r['num_distinct_texts']}  n {r['n']}"
+            + (
+                f"  | free: valid {r['free']['valid_rate']:.3f}  NDCG@3 {r['free']['ndcg@3']:.4f}"
+                if "free" in r
+                else ""
+            ),
             flush=True,
         )
     began = time.perf_counter()
-    comparisons = analyse(recipe.output_dir, {"test": recipe.test, "validation": recipe.data.validation})
+    splits = {"test": recipe.test, "validation": recipe.data.validation}
+    comparisons = analyse(recipe.output_dir, splits)
+    if (recipe.output_dir / "ar" / "free-test_rows.jsonl").exists():
+        # the same comparisons for the evaluation without the ranking constraint
+        free = analyse(recipe.output_dir, splits, prefix="free-")
+        comparisons["free"] = {k: free[k] for k in ("teacher_vs_floor", "vs_teacher", "traces")}
     comparisons["feature_ranker_fit"] = recipe.data.stats.get("feature_ranker")
     wall["analysis"] = time.perf_counter() - began
     began = time.perf_counter()

@@ -233,10 +233,11 @@ class Recipe:
         sampler=None,
         constraint: UniqueTokens | None = None,
         keep_rows: bool = False,
+        rows_prefix: str = "",
     ) -> dict:
         """Decode `split`'s queries and score them; with `rows_stage`, each query's output goes to
-        `<rows_stage>/<split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion text), with
-        `keep_rows` to the result's `rows`. A `sampler` given decodes instead of the one `model`/`block` name (e.g.
+        `<rows_stage>/<rows_prefix><split>_rows.jsonl` (user id, candidates, target, ranking used, valid, completion
+        text), with `keep_rows` to the result's `rows`. A `sampler` given decodes instead of the one `model`/`block` name (e.g.
         a `SpeculativeSampler`); a `constraint` (`ranking_constraint()`) is passed to the sampler built here."""
         model = model.to(self.device).eval()
         if sampler is not None:
@@ -264,7 +265,7 @@ class Recipe:
             rows = result["rows"] if keep_rows else result.pop("rows")
             columns = dataset.select_columns(["user_id", "candidates", "target"])
             write_jsonl(
-                self.stage_dir(rows_stage) / f"{split}_rows.jsonl",
+                self.stage_dir(rows_stage) / f"{rows_prefix}{split}_rows.jsonl",
                 [
                     {
                         "user_id": c["user_id"],
@@ -278,6 +279,36 @@ class Recipe:
                 ],
             )
         return result
+
+    def eval_constraint(self) -> UniqueTokens | None:
+        """The constraint every evaluation decodes under (`preset.eval_constraint`), built once."""
+        if not self.preset.eval_constraint:
+            return None
+        if getattr(self, "_eval_constraint", None) is None:
+            self._eval_constraint = self.ranking_constraint()
+        return self._eval_constraint
+
+    def evaluate_stage(self, model, stage: str, block: bool, max_queries=None, split: str = "test") -> dict:
+        """A stage's scores as the preset asks: at `eval_threshold`, under the ranking constraint with
+        `eval_constraint` (rows in `<stage>/<split>_rows.jsonl`), and then free at `free_eval_threshold` as well
+        (its scores under `"free"`, rows in `<stage>/free-<split>_rows.jsonl`)."""
+        p = self.preset
+        metrics = self.evaluate(
+            model, block, max_queries=max_queries, split=split, rows_stage=stage, constraint=self.eval_constraint()
+        )
+        metrics["constrained"] = p.eval_constraint
+        if p.eval_constraint and p.free_eval_threshold is not None:
+            metrics["free"] = self.evaluate(
+                model,
+                block,
+                threshold=p.free_eval_threshold,
+                max_queries=max_queries,
+                split=split,
+                rows_stage=stage,
+                rows_prefix="free-",
+            )
+            metrics["free"]["threshold"] = p.free_eval_threshold if block else None
+        return metrics
 
     # ------------------------------------------------------------------------------------------------ stages
     def run_ar(self):
@@ -297,9 +328,9 @@ class Recipe:
         trainer.train()
         self.timings["ar"] = time.perf_counter() - start
         model = trained_model(trainer)
-        metrics = self.evaluate(model, block=False, rows_stage="ar")
+        metrics = self.evaluate_stage(model, "ar", block=False)
         if p.evaluate_validation:
-            metrics["validation"] = self.evaluate(model, block=False, split="validation", rows_stage="ar")
+            metrics["validation"] = self.evaluate_stage(model, "ar", block=False, split="validation")
         return self.save("ar", model, metrics)
 
     def run_naive(self):
@@ -310,7 +341,7 @@ class Recipe:
         return self.save(
             "naive",
             model,
-            self.evaluate(model, block=True, rows_stage="naive", max_queries=self.preset.naive_eval_queries),
+            self.evaluate_stage(model, "naive", block=True, max_queries=self.preset.naive_eval_queries),
         )
 
     def run_cft(self):
@@ -338,7 +369,7 @@ class Recipe:
         self.timings["cft"] = time.perf_counter() - start
         model = trained_model(trainer)
         return self.save(
-            "cft", model, self.evaluate(model, block=True, rows_stage="cft", max_queries=p.diffusion_eval_queries)
+            "cft", model, self.evaluate_stage(model, "cft", block=True, max_queries=p.diffusion_eval_queries)
         )
 
     def cft_dataset(self):
@@ -387,7 +418,7 @@ class Recipe:
         self.timings["opd"] = time.perf_counter() - start
         model = trained_model(trainer)
         return self.save(
-            "opd", model, self.evaluate(model, block=True, rows_stage="opd", max_queries=p.diffusion_eval_queries)
+            "opd", model, self.evaluate_stage(model, "opd", block=True, max_queries=p.diffusion_eval_queries)
         )
 
     def run_rl(self):
@@ -412,7 +443,7 @@ class Recipe:
         self.timings["rl"] = time.perf_counter() - start
         model = trained_model(trainer)
         return self.save(
-            "rl", model, self.evaluate(model, block=True, rows_stage="rl", max_queries=p.diffusion_eval_queries)
+            "rl", model, self.evaluate_stage(model, "rl", block=True, max_queries=p.diffusion_eval_queries)
         )
 
     def run_stage(self, stage: str) -> dict:
@@ -453,6 +484,21 @@ class Recipe:
                         fallback=fallback,
                     )
                     rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, fallback))
+            for threshold in p.frontier_thresholds if p.eval_constraint else []:
+                # the block decoder as evaluated: under the ranking constraint, against free AR (what a user of the
+                # AR re-ranker deploys)
+                scores = self.evaluate(
+                    final,
+                    block=True,
+                    threshold=threshold,
+                    batch_size=batch_size,
+                    max_queries=limit,
+                    fallback=p.eval_fallback,
+                    constraint=self.eval_constraint(),
+                )
+                rows.append(
+                    _frontier_row(stage, threshold, batch_size, scores, ar, f"{p.eval_fallback}, distinct ids")
+                )
             if p.frontier_speculative:
                 rows += self._speculative_rows(stage, ar_model, final, batch_size, limit, ar)
         path.write_text(json.dumps(rows, indent=2))
