@@ -65,6 +65,8 @@ def run_preset(args) -> RecipePreset:
             raise ValueError(f"{results} records preset {recorded.get('name')!r}, not --preset {args.preset!r}")
         names = {f.name for f in dataclasses.fields(RecipePreset)}
         preset = dataclasses.replace(preset, **{k: v for k, v in recorded.items() if k in names})
+        if "eval_constraint" not in recorded:  # a run made before the field existed was evaluated free
+            preset = dataclasses.replace(preset, eval_constraint=False)
         if args.seed is not None and args.seed != preset.seed:
             raise ValueError(f"--seed {args.seed}, but {results} records seed {preset.seed}")
     elif args.seed is not None:

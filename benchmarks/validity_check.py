@@ -5,7 +5,8 @@ rate above 0.994 (one-sided 95%). This check decodes many more prompts (test use
 validation users, whether or not the pre-ranker found their true item: validity does not need it) at the
 evaluation setting (or `--threshold`) and reports the exact (Clopper-Pearson) lower bound. `--distinct_ids` decodes
 with the recipe's `UniqueTokens` constraint (an id already in the answer cannot be written again, and every slot of
-the list holds an id unless `--no_id_slots`); `--stage ar` checks the AR teacher.
+the list holds an id unless `--no_id_slots`), as a run evaluated under it (`eval_constraint`) does by default
+(`--free` turns it off); `--stage ar` checks the AR teacher.
 
     python benchmarks/validity_check.py --recipe_dir outputs/recipe-default --queries 5000 --out benchmarks/results/validity_check.json
 """
@@ -41,8 +42,12 @@ def main():
     parser.add_argument(
         "--distinct_ids",
         action="store_true",
-        help="decode with Recipe.ranking_constraint() (an id already in the answer cannot be written again)",
+        help=(
+            "decode with Recipe.ranking_constraint() (an id already in the answer cannot be written again); the "
+            "default for a run evaluated under it (its preset's eval_constraint)"
+        ),
     )
+    parser.add_argument("--free", action="store_true", help="decode without the constraint, whatever the run used")
     parser.add_argument(
         "--no_id_slots", action="store_true", help="with --distinct_ids: leave the list's slots free (no id slots)"
     )
@@ -53,6 +58,7 @@ def main():
     data = build_rerank_datasets(**data_settings(preset), keep_all_eval_queries=True, max_eval_queries=args.queries)
     recipe.test = getattr(data, args.split)
     threshold = preset.eval_threshold if args.threshold is None else args.threshold
+    args.distinct_ids = (args.distinct_ids or preset.eval_constraint) and not args.free
     scores = recipe.evaluate(
         recipe.load(args.stage, DTYPES[args.dtype]),
         block=args.stage != "ar",

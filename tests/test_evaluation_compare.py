@@ -248,3 +248,67 @@ def test_recipe_seed_aggregation(tmp_path):
         aggregate_runs(dirs, benches[:1])
     with pytest.raises(ValueError, match="seed 1 but its run has seed 0"):
         aggregate_runs(dirs, benches[::-1])
+
+
+def test_recipe_seed_aggregation_of_constrained_runs_pools_the_per_query_rows(tmp_path):
+    """Runs evaluated under the ranking constraint with their free evaluation beside it: both decodings are
+    summarised, and each stage is compared with the teacher over the pooled test users of every run (paired)."""
+    import json
+
+    from dgr2_trl.evaluation import per_query_metrics, write_jsonl
+    from dgr2_trl.recipe.seeds import aggregate_runs, markdown
+
+    candidates = [f"i{k}" for k in range(10)]
+    rng = np.random.default_rng(0)
+    dirs, stage_diffs, first_is_target = [], [], []
+    for seed in (0, 1, 2):
+        d = tmp_path / f"seed{seed}"
+        targets = [candidates[k] for k in rng.integers(0, 10, size=20)]
+        first_is_target.append(np.mean([t == candidates[0] for t in targets]))
+        # the teacher puts the target first on half the users, the student on a third; free both do worse
+        rankings = {
+            ("ar", ""): [[t] + [c for c in candidates if c != t] if u % 2 else candidates for u, t in enumerate(targets)],
+            ("cft", ""): [[t] + [c for c in candidates if c != t] if u % 3 == 0 else candidates for u, t in enumerate(targets)],
+            ("ar", "free-"): [candidates] * 20,
+            ("cft", "free-"): [candidates[::-1]] * 20,
+        }  # fmt: skip
+        stages = {"floor": {"ndcg@3": 0.5, "recall@3": 0.5, "n": 20}}
+        for (stage, prefix), ranked in rankings.items():
+            (d / stage).mkdir(parents=True, exist_ok=True)
+            write_jsonl(
+                d / stage / f"{prefix}test_rows.jsonl", [{"ranking": r, "target": t} for r, t in zip(ranked, targets)]
+            )
+            metrics = {k: float(v.mean()) for k, v in per_query_metrics(ranked, targets).items()}
+            metrics.update(valid_rate=1.0, n=20)
+            if prefix:
+                stages[stage]["free"] = metrics
+            else:
+                stages[stage] = {**metrics, "constrained": True}
+        model, teacher = (
+            per_query_metrics(rankings["cft", ""], targets),
+            per_query_metrics(rankings["ar", ""], targets),
+        )
+        stage_diffs.append(model["ndcg@3"] - teacher["ndcg@3"])
+        comparisons = {"vs_teacher": {"cft": {"ndcg@3": {"diff": float(stage_diffs[-1].mean())}}}, "free": {}}
+        (d / "results.json").write_text(
+            json.dumps({"preset": {"seed": seed}, "stages": stages, "comparisons": comparisons})
+        )
+        dirs.append(d)
+    summary = aggregate_runs(dirs)
+    assert summary["evaluated_constrained"]
+    pooled = summary["pooled_vs_teacher"]["cft"]
+    assert pooled["n"] == 60 and abs(pooled["ndcg@3"]["diff"] - np.concatenate(stage_diffs).mean()) < 1e-12
+    assert pooled["ndcg@3"]["low"] <= pooled["ndcg@3"]["diff"] <= pooled["ndcg@3"]["high"]
+    assert [s["ndcg@3"] for s in summary["vs_teacher_per_seed"]["cft"]] == [float(x.mean()) for x in stage_diffs]
+    # the free evaluation, summarised on its own: the free teacher keeps the candidates' order
+    free = summary["free"]
+    assert abs(free["stages"]["ar"]["recall@1"]["mean"] - np.mean(first_is_target)) < 1e-12
+    assert free["pooled_vs_teacher"]["cft"]["identical_rate"] == 0.0
+    assert free["stages"]["floor"]["ndcg@3"]["mean"] == 0.5
+    text = markdown(summary)
+    assert "The same models decoded free (no constraint):" in text
+    # a stage row and a per-seed row for each decoding
+    assert sum(line.startswith("| +CFT |") for line in text.splitlines()) == 4
+    assert "| +CFT - teacher (test) |" in text
+    per_seed = " / ".join(f"{float(x.mean()):+.4f}" for x in stage_diffs)
+    assert per_seed in text

@@ -20,9 +20,12 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
         assert (tmp_path / stage / "metrics.json").exists() and (tmp_path / stage / "config.json").exists()
     # the frontier has AR plus one row per threshold, at each batch size, with speed-ups against AR
     rows = result["frontier"]
-    per_batch = 1 + len(preset.frontier_thresholds) * len(preset.frontier_fallbacks) + 3
+    # (free with each fallback, then under the ranking constraint with the evaluation's fallback)
+    assert preset.eval_constraint
+    per_batch = 1 + len(preset.frontier_thresholds) * (len(preset.frontier_fallbacks) + 1) + 3
     assert len(rows) == len(preset.frontier_batch_sizes) * per_batch
-    assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks}
+    constrained_rule = f"{preset.eval_fallback}, distinct ids"
+    assert {r["fallback"] for r in rows} == {None, *preset.frontier_fallbacks, constrained_rule}
     assert all(r["speedup_vs_ar"] > 0 for r in rows)
     # speculative decoding scores exactly as its verifier: the AR teacher, or the final model's own AR mode
     for batch_size in preset.frontier_batch_sizes:
@@ -31,8 +34,10 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
             for key in ("recall@1", "recall@3", "ndcg@3", "valid_rate", "n"):
                 assert by_model[speculative][key] == by_model[verifier][key], (batch_size, speculative, key)
     table = (tmp_path / "results.md").read_text()
-    assert table.count("| +RL |") == 2  # the stage table and the comparison with the teacher
+    # the stage table and the comparison with the teacher, for the constrained evaluation and for the free one
+    assert table.count("| +RL |") == 4
     assert "| copies pre-ranker | distinct texts | passes/token |" in table.splitlines()[0]
+    assert "decoded free (block decoder at threshold 0.95)" in table
     # every stage's per-query outputs are written, and the paired comparisons are computed from them
     saved = json.loads((tmp_path / "results.json").read_text())
     for stage in STAGES:
@@ -40,10 +45,21 @@ def test_tiny_preset_end_to_end_and_resume(tmp_path):
         assert len(lines) == preset.max_eval_queries
         row = json.loads(lines[0])
         assert set(row) == {"user_id", "candidates", "target", "ranking", "valid", "text"}
-    assert len((tmp_path / "ar" / "validation_rows.jsonl").read_text().splitlines()) == preset.max_eval_queries
+        # the headline evaluation is the constrained one, the free one is kept beside it with its own rows
+        free_rows = [json.loads(x) for x in (tmp_path / stage / "free-test_rows.jsonl").read_text().splitlines()]
+        assert stages[stage]["constrained"] is True and stages[stage]["free"]["n"] == len(free_rows)
+        assert stages[stage]["free"]["valid_rate"] == sum(r["valid"] for r in free_rows) / len(free_rows)
+        assert stages[stage]["free"]["threshold"] == (None if stage == "ar" else preset.free_eval_threshold)
+    for split in ("validation", "free-validation"):
+        assert len((tmp_path / "ar" / f"{split}_rows.jsonl").read_text().splitlines()) == preset.max_eval_queries
+    assert saved["stages"]["ar"]["validation"]["free"]["n"] == preset.max_eval_queries
     comparisons = saved["comparisons"]
     assert set(comparisons["teacher_vs_floor"]) == {"test", "validation"}
     assert set(comparisons["vs_teacher"]) == {"naive", "cft", "opd", "rl"}
+    assert set(comparisons["free"]["vs_teacher"]) == {"naive", "cft", "opd", "rl"}
+    for stage, c in comparisons["free"]["vs_teacher"].items():
+        diff = stages[stage]["free"]["ndcg@3"] - stages["ar"]["free"]["ndcg@3"]
+        assert abs(c["ndcg@3"]["diff"] - diff) < 1e-9
     for stage, c in comparisons["vs_teacher"].items():
         teacher_r3 = stages["ar"]["recall@3"]
         assert abs(c["recall@3"]["diff"] - (stages[stage]["recall@3"] - teacher_r3)) < 1e-9

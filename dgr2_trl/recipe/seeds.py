@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..evaluation import aggregate_seeds
+from ..evaluation import aggregate_seeds, compare_rankings, read_jsonl
 from .report import ROWS
 
 
@@ -44,33 +44,76 @@ def gain_kept(stage: dict, teacher: dict, floor: dict, key: str = "ndcg@3") -> f
     return None if gain <= 0 else (stage[key] - floor[key]) / gain
 
 
+def _summary(stages_per_run: list[dict], comparisons_per_run: list[dict]) -> dict:
+    """Mean and spread over the runs of one decoding's stage scores, teacher-vs-floor and stage-vs-teacher
+    comparisons, each stage's per-seed differences to the teacher, and the gain kept."""
+    n = len(stages_per_run)
+    out: dict = {"stages": {}, "teacher_vs_floor": {}, "vs_teacher": {}, "vs_teacher_per_seed": {}}
+    for key, _ in ROWS:
+        per_seed = [s[key] for s in stages_per_run if key in s]
+        if len(per_seed) == n:
+            out["stages"][key] = aggregate_seeds(per_seed, KEYS)
+    for split in ("test", "validation"):
+        per_seed = [_flat(c.get("teacher_vs_floor", {}).get(split)) for c in comparisons_per_run]
+        out["teacher_vs_floor"][split] = aggregate_seeds(per_seed)
+    for key, _ in ROWS:
+        per_seed = [_flat(c.get("vs_teacher", {}).get(key)) for c in comparisons_per_run]
+        if all(per_seed):
+            out["vs_teacher"][key] = aggregate_seeds(per_seed)
+            out["vs_teacher_per_seed"][key] = per_seed
+    out["gain_kept"] = _gain_kept(stages_per_run, [s["floor"] for s in stages_per_run])
+    return out
+
+
+def _free_stages(stages: dict) -> dict:
+    """A constrained run's free evaluation in the shape of its stages (the floor is the same)."""
+    return {k: (v if k == "floor" else v["free"]) for k, v in stages.items() if k == "floor" or "free" in v}
+
+
+def pooled_vs_teacher(run_dirs, prefix: str = "") -> dict:
+    """Each stage against the teacher over the test users of every run pooled (n = runs x users): the paired
+    bootstrap interval of the difference, from the per-query rows (`<stage>/<prefix>test_rows.jsonl`)."""
+    out = {}
+    for key, _ in ROWS[2:]:
+        model, teacher, targets = [], [], []
+        for d in map(Path, run_dirs):
+            stage_path, teacher_path = d / key / f"{prefix}test_rows.jsonl", d / "ar" / f"{prefix}test_rows.jsonl"
+            if not (stage_path.exists() and teacher_path.exists()):
+                break
+            rows, reference = read_jsonl(stage_path), read_jsonl(teacher_path)
+            if len(rows) != len(reference):  # a stage scored on a sample (the naive conversion)
+                break
+            model += [r["ranking"] for r in rows]
+            teacher += [r["ranking"] for r in reference]
+            targets += [r["target"] for r in rows]
+        else:
+            out[key] = compare_rankings(model, teacher, targets)
+    return out
+
+
 def aggregate_runs(run_dirs, constrained=None) -> dict:
-    """Per-stage mean and spread over the runs, and their comparisons; `constrained` lists one
-    `benchmarks/constrained_ranking.py` result per run (same order) to summarise the constrained decoding too."""
+    """Per-stage mean and spread over the runs, and their comparisons; a run evaluated under the ranking
+    constraint with its free evaluation beside it (`eval_constraint`) gets the same summary of the free one under
+    `"free"`. `constrained` lists one `benchmarks/constrained_ranking.py` result per run (same order) to summarise
+    a constrained decoding of runs evaluated free."""
     runs = [json.loads((Path(d) / "results.json").read_text()) for d in run_dirs]
     seeds = [r["preset"]["seed"] for r in runs]
     out: dict = {
         "seeds": seeds,
         "runs": [str(d) for d in run_dirs],
-        "stages": {},
-        "teacher_vs_floor": {},
-        "vs_teacher": {},
+        "evaluated_constrained": all(r["stages"].get("ar", {}).get("constrained", False) for r in runs),
+        **_summary([r["stages"] for r in runs], [r.get("comparisons", {}) for r in runs]),
         "anchor_vs_floor": {},
+        "pooled_vs_teacher": pooled_vs_teacher(run_dirs),
     }
-    for key, _ in ROWS:
-        per_seed = [r["stages"][key] for r in runs if key in r["stages"]]
-        if len(per_seed) == len(runs):
-            out["stages"][key] = aggregate_seeds(per_seed, KEYS)
     for split in ("test", "validation"):
-        per_seed = [_flat(r.get("comparisons", {}).get("teacher_vs_floor", {}).get(split)) for r in runs]
-        out["teacher_vs_floor"][split] = aggregate_seeds(per_seed)
         per_seed = [_flat(r.get("comparisons", {}).get("anchor", {}).get(split, {}).get("vs_floor")) for r in runs]
         out["anchor_vs_floor"][split] = aggregate_seeds(per_seed)
-    for key, _ in ROWS:
-        per_seed = [_flat(r.get("comparisons", {}).get("vs_teacher", {}).get(key)) for r in runs]
-        if all(per_seed):
-            out["vs_teacher"][key] = aggregate_seeds(per_seed)
-    out["gain_kept"] = _gain_kept([r["stages"] for r in runs], [r["stages"]["floor"] for r in runs])
+    if all("free" in r["stages"].get("ar", {}) for r in runs):
+        out["free"] = _summary(
+            [_free_stages(r["stages"]) for r in runs], [r.get("comparisons", {}).get("free", {}) for r in runs]
+        )
+        out["free"]["pooled_vs_teacher"] = pooled_vs_teacher(run_dirs, prefix="free-")
     if constrained:
         out["constrained"] = aggregate_constrained(constrained, runs)
     return out
@@ -110,52 +153,102 @@ def aggregate_constrained(paths, runs: list[dict]) -> dict:
     return out
 
 
-def markdown(summary: dict) -> str:
-    def cell(stats: dict, key: str, digits: int = 4) -> str:
-        s = stats.get(key)
-        return "-" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+def _cell(stats: dict, key: str, digits: int = 4) -> str:
+    s = stats.get(key)
+    return "-" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
+
+def _fmt_diff(value) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def _interval(c: dict | None, key: str) -> str:
+    if not c or key not in c:
+        return "-"
+    return f"{c[key]['diff']:+.4f} [{c[key]['low']:+.4f}, {c[key]['high']:+.4f}]"
+
+
+def _decoding_tables(part: dict, anchor: dict | None = None, extra_rows=()) -> list[str]:
+    """Stage scores, comparisons (mean ± std over seeds), per-seed NDCG@3 / R@3 differences to the teacher, the
+    pooled paired intervals and the gain kept, for one decoding."""
     lines = [
-        f"Seeds {summary['seeds']}: mean ± sample std over seeds.",
-        "",
         "| stage | R@1 | R@3 | R@5 | NDCG@3 | NDCG@5 | valid rate | copies pre-ranker |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, label in ROWS:
-        if key in summary["stages"]:
-            s = summary["stages"][key]
+        if key in part["stages"]:
+            s = part["stages"][key]
             lines.append(
-                f"| {label} | " + " | ".join(cell(s, k) for k in KEYS[:5]) + f" | {cell(s, 'valid_rate', 3)} "
-                f"| {cell(s, 'copies_floor_rate', 3)} |"
+                f"| {label} | " + " | ".join(_cell(s, k) for k in KEYS[:5]) + f" | {_cell(s, 'valid_rate', 3)} "
+                f"| {_cell(s, 'copies_floor_rate', 3)} |"
             )
     lines += ["", "| comparison | R@1 | R@3 | NDCG@3 | R@5 | NDCG@5 |", "|---|---|---|---|---|---|"]
-    rows = [(f"teacher - floor ({split})", summary["teacher_vs_floor"][split]) for split in ("test", "validation")]
-    rows += [(f"anchor - floor ({split})", summary["anchor_vs_floor"][split]) for split in ("test", "validation")]
+    rows = [(f"teacher - floor ({split})", part["teacher_vs_floor"].get(split)) for split in ("test", "validation")]
+    rows += [(f"anchor - floor ({split})", (anchor or {}).get(split)) for split in ("test", "validation")]
     rows += [
-        (f"{label} - teacher (test)", summary["vs_teacher"][key])
-        for key, label in ROWS
-        if key in summary["vs_teacher"]
+        (f"{label} - teacher (test)", part["vs_teacher"][key]) for key, label in ROWS if key in part["vs_teacher"]
     ]
-    constrained = summary.get("constrained", {})
-    rows += [
-        (f"{label} constrained - teacher (test)", constrained["vs_teacher"][key])
-        for key, label in ROWS
-        if key in constrained.get("vs_teacher", {})
-    ]
+    rows += list(extra_rows)
     for label, s in rows:
         if s:
             lines.append(
                 f"| {label} | "
-                + " | ".join(cell(s, k) for k in ("recall@1", "recall@3", "ndcg@3", "recall@5", "ndcg@5"))
+                + " | ".join(_cell(s, k) for k in ("recall@1", "recall@3", "ndcg@3", "recall@5", "ndcg@5"))
                 + " |"
             )
-    kept = [("free", summary.get("gain_kept", {})), ("constrained", constrained.get("gain_kept", {}))]
-    if any(k for _, k in kept):
-        lines += ["", "| NDCG@3 gain over the floor kept | " + " | ".join(lab for k, lab in ROWS[2:]) + " |"]
-        lines.append("|---" * (len(ROWS) - 1) + "|")
-        for name, k in kept:
-            if k:
-                lines.append(f"| {name} | " + " | ".join(cell(k, key, 3) for key, _ in ROWS[2:]) + " |")
+    per_seed = part.get("vs_teacher_per_seed", {})
+    pooled = part.get("pooled_vs_teacher", {})
+    if per_seed or pooled:
+        lines += [
+            "",
+            "| stage - teacher (test) | NDCG@3 per seed | R@3 per seed | NDCG@3 pooled [95%] | R@3 pooled [95%] "
+            "| same ranking | Kendall tau |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key, label in ROWS[2:]:
+            if key not in per_seed and key not in pooled:
+                continue
+            seeds = per_seed.get(key, [])
+            ndcg, r3 = (" / ".join(_fmt_diff(s.get(k)) for s in seeds) or "-" for k in ("ndcg@3", "recall@3"))
+            c = pooled.get(key)
+            same = "-" if not c else f"{c['identical_rate']:.3f}"
+            tau = "-" if not c else f"{c['mean_kendall_tau']:.3f}"
+            lines.append(
+                f"| {label} | {ndcg} | {r3} | {_interval(c, 'ndcg@3')} | {_interval(c, 'recall@3')} | {same} | {tau} |"
+            )
+    return lines
+
+
+def _gain_kept_table(kept: list[tuple[str, dict]]) -> list[str]:
+    if not any(k for _, k in kept):
+        return []
+    lines = ["", "| NDCG@3 gain over the floor kept | " + " | ".join(lab for k, lab in ROWS[2:]) + " |"]
+    lines.append("|---" * (len(ROWS) - 1) + "|")
+    for name, k in kept:
+        if k:
+            lines.append(f"| {name} | " + " | ".join(_cell(k, key, 3) for key, _ in ROWS[2:]) + " |")
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    constrained = summary.get("constrained", {})
+    free = summary.get("free")
+    headline = "constrained" if summary.get("evaluated_constrained") else "free"
+    lines = [f"Seeds {summary['seeds']}: mean ± sample std over seeds.", ""]
+    if free:
+        lines += ["Every stage decoded under the ranking constraint (distinct ids, id slots):", ""]
+    extra = [
+        (f"{label} constrained - teacher (test)", constrained["vs_teacher"][key])
+        for key, label in ROWS
+        if key in constrained.get("vs_teacher", {})
+    ]
+    lines += _decoding_tables(summary, summary.get("anchor_vs_floor"), extra)
+    kept = [(headline, summary.get("gain_kept", {})), ("constrained", constrained.get("gain_kept", {}))]
+    if free:
+        kept.append(("free", free.get("gain_kept", {})))
+    lines += _gain_kept_table(kept)
+    if free:
+        lines += ["", "The same models decoded free (no constraint):", "", *_decoding_tables(free)]
     if constrained.get("stages"):
         lines += ["", "Constrained decoding (distinct ids):", "", "| stage | R@1 | R@3 | NDCG@3 | valid rate |"]
         lines.append("|---|---|---|---|---|")
@@ -163,8 +256,8 @@ def markdown(summary: dict) -> str:
             if key in constrained["stages"]:
                 s = constrained["stages"][key]
                 lines.append(
-                    f"| {label} | {cell(s, 'recall@1')} | {cell(s, 'recall@3')} | {cell(s, 'ndcg@3')} "
-                    f"| {cell(s, 'valid_rate')} |"
+                    f"| {label} | {_cell(s, 'recall@1')} | {_cell(s, 'recall@3')} | {_cell(s, 'ndcg@3')} "
+                    f"| {_cell(s, 'valid_rate')} |"
                 )
     return "\n".join(lines) + "\n"
 
