@@ -270,6 +270,7 @@ def test_recipe_seed_aggregation_of_constrained_runs_pools_the_per_query_rows(tm
             ("ar", ""): [[t] + [c for c in candidates if c != t] if u % 2 else candidates for u, t in enumerate(targets)],
             ("cft", ""): [[t] + [c for c in candidates if c != t] if u % 3 == 0 else candidates for u, t in enumerate(targets)],
             ("ar", "free-"): [candidates] * 20,
+            ("opd", ""): [[t] + [c for c in candidates if c != t] if u % 2 else candidates for u, t in enumerate(targets)],
             ("cft", "free-"): [candidates[::-1]] * 20,
         }  # fmt: skip
         stages = {"floor": {"ndcg@3": 0.5, "recall@3": 0.5, "n": 20}}
@@ -296,6 +297,14 @@ def test_recipe_seed_aggregation_of_constrained_runs_pools_the_per_query_rows(tm
         dirs.append(d)
     summary = aggregate_runs(dirs)
     assert summary["evaluated_constrained"]
+    # OPD writes the teacher's rankings here: its step over CFT is the teacher's lead, pooled and per seed
+    assert set(summary["pooled_vs_teacher"]) == {"cft", "opd", "opd - cft"}
+    assert summary["pooled_vs_teacher"]["opd"]["identical_rate"] == 1.0
+    step = summary["pooled_vs_teacher"]["opd - cft"]["ndcg@3"]["diff"]
+    assert abs(step + np.concatenate(stage_diffs).mean()) < 1e-12
+    assert [s["ndcg@3"] for s in summary["vs_teacher_per_seed"]["opd - cft"]] == pytest.approx(
+        [-float(x.mean()) for x in stage_diffs]
+    )
     pooled = summary["pooled_vs_teacher"]["cft"]
     assert pooled["n"] == 60 and abs(pooled["ndcg@3"]["diff"] - np.concatenate(stage_diffs).mean()) < 1e-12
     assert pooled["ndcg@3"]["low"] <= pooled["ndcg@3"]["diff"] <= pooled["ndcg@3"]["high"]
@@ -307,8 +316,9 @@ def test_recipe_seed_aggregation_of_constrained_runs_pools_the_per_query_rows(tm
     assert free["stages"]["floor"]["ndcg@3"]["mean"] == 0.5
     text = markdown(summary)
     assert "The same models decoded free (no constraint):" in text
-    # a stage row and a per-seed row for each decoding
+    # a stage row and a per-seed row for each decoding (OPD has no free rows here), and CFT -> OPD's step
     assert sum(line.startswith("| +CFT |") for line in text.splitlines()) == 4
+    assert "| +OPD - +CFT |" in text
     assert "| +CFT - teacher (test) |" in text
     per_seed = " / ".join(f"{float(x.mean()):+.4f}" for x in stage_diffs)
     assert per_seed in text

@@ -61,6 +61,12 @@ def _summary(stages_per_run: list[dict], comparisons_per_run: list[dict]) -> dic
         if all(per_seed):
             out["vs_teacher"][key] = aggregate_seeds(per_seed)
             out["vs_teacher_per_seed"][key] = per_seed
+    for later, earlier in (("opd", "cft"), ("rl", "opd")):
+        if all(later in s and earlier in s for s in stages_per_run):
+            out["vs_teacher_per_seed"][f"{later} - {earlier}"] = [
+                {k: s[later][k] - s[earlier][k] for k in ("ndcg@3", "recall@3") if k in s[later] and k in s[earlier]}
+                for s in stages_per_run
+            ]
     out["gain_kept"] = _gain_kept(stages_per_run, [s["floor"] for s in stages_per_run])
     return out
 
@@ -70,24 +76,31 @@ def _free_stages(stages: dict) -> dict:
     return {k: (v if k == "floor" else v["free"]) for k, v in stages.items() if k == "floor" or "free" in v}
 
 
-def pooled_vs_teacher(run_dirs, prefix: str = "") -> dict:
-    """Each stage against the teacher over the test users of every run pooled (n = runs x users): the paired
-    bootstrap interval of the difference, from the per-query rows (`<stage>/<prefix>test_rows.jsonl`)."""
+def _pooled_rows(run_dirs, stage: str, prefix: str) -> list[dict] | None:
+    """A stage's test rows of every run, concatenated; None where a run lacks them."""
+    rows = []
+    for d in map(Path, run_dirs):
+        path = d / stage / f"{prefix}test_rows.jsonl"
+        if not path.exists():
+            return None
+        rows += read_jsonl(path)
+    return rows
+
+
+def pooled_comparisons(run_dirs, prefix: str = "") -> dict:
+    """Paired comparisons over the test users of every run pooled (n = runs x users), from the per-query rows
+    (`<stage>/<prefix>test_rows.jsonl`): each stage against the teacher (key: the stage), and each training stage
+    against the one before it ("opd - cft", "rl - opd")."""
+    rows = {key: _pooled_rows(run_dirs, key, prefix) for key, _ in ROWS[1:]}
+    pairs = [(key, key, "ar") for key, _ in ROWS[2:]] + [("opd - cft", "opd", "cft"), ("rl - opd", "rl", "opd")]
     out = {}
-    for key, _ in ROWS[2:]:
-        model, teacher, targets = [], [], []
-        for d in map(Path, run_dirs):
-            stage_path, teacher_path = d / key / f"{prefix}test_rows.jsonl", d / "ar" / f"{prefix}test_rows.jsonl"
-            if not (stage_path.exists() and teacher_path.exists()):
-                break
-            rows, reference = read_jsonl(stage_path), read_jsonl(teacher_path)
-            if len(rows) != len(reference):  # a stage scored on a sample (the naive conversion)
-                break
-            model += [r["ranking"] for r in rows]
-            teacher += [r["ranking"] for r in reference]
-            targets += [r["target"] for r in rows]
-        else:
-            out[key] = compare_rankings(model, teacher, targets)
+    for name, model, reference in pairs:
+        a, b = rows.get(model), rows.get(reference)
+        # a stage scored on a sample of the users (the naive conversion) is left out
+        if a is not None and b is not None and len(a) == len(b):
+            out[name] = compare_rankings(
+                [r["ranking"] for r in a], [r["ranking"] for r in b], [r["target"] for r in a]
+            )
     return out
 
 
@@ -104,7 +117,7 @@ def aggregate_runs(run_dirs, constrained=None) -> dict:
         "evaluated_constrained": all(r["stages"].get("ar", {}).get("constrained", False) for r in runs),
         **_summary([r["stages"] for r in runs], [r.get("comparisons", {}) for r in runs]),
         "anchor_vs_floor": {},
-        "pooled_vs_teacher": pooled_vs_teacher(run_dirs),
+        "pooled_vs_teacher": pooled_comparisons(run_dirs),
     }
     for split in ("test", "validation"):
         per_seed = [_flat(r.get("comparisons", {}).get("anchor", {}).get(split, {}).get("vs_floor")) for r in runs]
@@ -113,7 +126,7 @@ def aggregate_runs(run_dirs, constrained=None) -> dict:
         out["free"] = _summary(
             [_free_stages(r["stages"]) for r in runs], [r.get("comparisons", {}).get("free", {}) for r in runs]
         )
-        out["free"]["pooled_vs_teacher"] = pooled_vs_teacher(run_dirs, prefix="free-")
+        out["free"]["pooled_vs_teacher"] = pooled_comparisons(run_dirs, prefix="free-")
     if constrained:
         out["constrained"] = aggregate_constrained(constrained, runs)
     return out
@@ -201,11 +214,13 @@ def _decoding_tables(part: dict, anchor: dict | None = None, extra_rows=()) -> l
     if per_seed or pooled:
         lines += [
             "",
-            "| stage - teacher (test) | NDCG@3 per seed | R@3 per seed | NDCG@3 pooled [95%] | R@3 pooled [95%] "
+            "| stage - teacher (test; last rows: stage - stage) | NDCG@3 per seed | R@3 per seed | NDCG@3 pooled [95%] | R@3 pooled [95%] "
             "| same ranking | Kendall tau |",
             "|---|---|---|---|---|---|---|",
         ]
-        for key, label in ROWS[2:]:
+        labels = dict(ROWS)
+        steps = [(k, f"{labels[k.split(' - ')[0]]} - {labels[k.split(' - ')[1]]}") for k in ("opd - cft", "rl - opd")]
+        for key, label in [*ROWS[2:], *steps]:
             if key not in per_seed and key not in pooled:
                 continue
             seeds = per_seed.get(key, [])
