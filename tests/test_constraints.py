@@ -201,6 +201,101 @@ def test_drop_empty_slots_drops_the_new_token_of_each_empty_slot():
     assert UniqueTokens(IDS, MARK).drop_empty_slots(torch.tensor([[7, 8, SEP, SEP]]), ~commit, commit).all()
 
 
+SHAPE = UniqueTokens(IDS, (6, 7, 8), SEP, END, answer_format=True)  # a three-token marker, as `{"` `ranking` `":["`
+
+
+def test_answer_format_forces_the_marker_and_a_separator_after_each_id():
+    tokens = torch.tensor([[6, 7, 8, 20, 5, 21, SEP, 6, 9]])
+    known = torch.ones_like(tokens, dtype=torch.bool)
+    in_span, _ = SHAPE.span_state(tokens, known)
+    forced, closing = SHAPE.format_rule(tokens, known, in_span)
+    # before the span: after 6 comes 7, after 6 7 comes 8; inside it nothing is forced (the 6 at 7 forces nothing)
+    assert forced[0].tolist() == [-1, 7, 8, -1, -1, -1, -1, -1, -1]
+    # inside the span, the position after a written id may only close its slot
+    assert closing[0].tolist() == [False, False, False, False, True, False, True, False, False]
+    # a masked token makes no rule: 6 unknown forces nothing after it
+    forced, _ = SHAPE.format_rule(tokens, known & (torch.arange(9) != 0), in_span)
+    assert forced[0, 1] == -1
+    assert UniqueTokens(IDS, (6, 7, 8), SEP, END).format_rule(tokens, known, in_span) is None
+    with pytest.raises(ValueError, match="answer_format needs"):
+        UniqueTokens(IDS, (), SEP, END, answer_format=True)
+
+
+def test_keep_format_keeps_only_the_forced_or_the_closing_tokens():
+    log_probs = torch.log_softmax(torch.randn(3, 40, dtype=torch.float64), -1)
+    out = SHAPE.keep_format(log_probs, torch.tensor([7, -1, -1]), torch.tensor([False, True, False]))
+    assert out[0, 7] == 0.0 and torch.isinf(out[0, [t for t in range(40) if t != 7]]).all()
+    p = log_probs[1].exp()
+    torch.testing.assert_close(out[1, [SEP, END]].exp(), p[[SEP, END]] / p[[SEP, END]].sum())
+    assert torch.isinf(out[1, list(IDS)]).all()
+    assert torch.equal(out[2], log_probs[2])
+    # no mass on what the rule allows: the row is left as it was
+    none = log_probs.clone()
+    none[0, 7] = float("-inf")
+    assert torch.equal(SHAPE.keep_format(none[:1], torch.tensor([7]), torch.tensor([False])), none[:1])
+
+
+def test_drop_format_conflicts_drops_the_new_token_that_breaks_the_shape():
+    def kept(tokens, known, commit):
+        out = SHAPE.drop_format_conflicts(
+            torch.tensor([tokens]), torch.tensor([known]).bool(), torch.tensor([commit]).bool()
+        )
+        return out[0].tolist()
+
+    # `{"rankingranking`: the second token after the marker's start is not the marker's: the new one goes
+    assert kept([6, 7, 7, 20], [1, 0, 0, 0], [0, 1, 1, 1]) == [0, 1, 0, 1]
+    # two ids side by side in the span (`"[10][3]"`), committed in one step: the right one goes
+    assert kept([6, 7, 8, 20, 21, SEP], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]) == [0, 0, 0, 1, 0, 1]
+    # a new id left of a written one: the new one goes
+    assert kept([6, 7, 8, 20, 21, SEP], [1, 1, 1, 0, 1, 0], [0, 0, 0, 1, 0, 0]) == [0] * 6
+    # a proper answer committed at once is kept whole
+    assert kept([6, 7, 8, 20, SEP, 21, END], [0] * 7, [1] * 7) == [1] * 7
+    # without answer_format every commit is kept
+    commit = torch.ones(1, 4, dtype=torch.bool)
+    assert SLOTS.drop_format_conflicts(torch.tensor([[6, 7, 7, 20]]), ~commit, commit).all()
+
+
+def shape_broken(constraint, row) -> int:
+    """How often a completion breaks `answer_format`: a marker left unfinished for another token, or an id followed
+    by something else than a separator or the end token inside the span."""
+    tokens = torch.tensor([row])
+    known = torch.ones_like(tokens, dtype=torch.bool)
+    in_span, _ = constraint.span_state(tokens, known)
+    forced, closing = constraint.format_rule(tokens, known, in_span)
+    closes = (tokens == constraint.separator_id) | (tokens == constraint.end_id)
+    return int((((forced >= 0) & (tokens != forced)) | (closing & ~closes)).sum())
+
+
+def shape_constraint(completions):
+    """`slot_constraint`'s ids and separator, and a three-token marker that these completions break wherever they
+    write its first token (their most frequent other token), since its second one never follows it here."""
+    base = slot_constraint(completions)
+    taken = {*base.token_ids, base.separator_id, base.end_id}
+    first = collections.Counter(t for row in completions for t in row if t not in taken).most_common(1)[0][0]
+    followers = {row[i + 1] for row in completions for i in range(len(row) - 1) if row[i] == first}
+    second, third = [t for t in range(3, 100) if t not in taken | followers | {first}][:2]
+    return UniqueTokens(base.token_ids, (first, second, third), base.separator_id, base.end_id, answer_format=True)
+
+
+@pytest.mark.parametrize("block_size", [4, 32])
+def test_block_and_ar_decoding_keep_the_answer_shape(tokenizer, block_size):
+    """A random model breaks the shape freely. Under `answer_format` AR decoding never does (each token is chosen
+    knowing every token before it); the block decoder breaks it far less often (a step cannot undo a token written
+    right of a marker before the marker's start: the rule then has no way out and the stuck row keeps its commit),
+    and batched rows equal rows decoded one by one."""
+    model, tok = make_converted(tokenizer, block_size=block_size, seed=5)
+    free = BlockDiffusionSampler(model, tok, threshold=0.3, eos_token_id=[]).generate(PROMPTS, max_new_tokens=40)
+    constraint = shape_constraint(free.completion_ids)
+    broken_free = sum(shape_broken(constraint, row) for row in free.completion_ids)
+    ar = ARSampler(model, tok, eos_token_id=[], constraint=constraint).generate(PROMPTS, max_new_tokens=40)
+    assert broken_free > 0 and all(shape_broken(constraint, row) == 0 for row in ar.completion_ids)
+    sampler = BlockDiffusionSampler(model, tok, threshold=0.3, eos_token_id=[], constraint=constraint)
+    batched = sampler.generate(PROMPTS, max_new_tokens=40)
+    assert 2 * sum(shape_broken(constraint, row) for row in batched.completion_ids) < broken_free
+    for row, prompt in enumerate(PROMPTS):
+        assert batched.completion_ids[row] == sampler.generate([prompt], max_new_tokens=40).completion_ids[0]
+
+
 def test_for_ranking_reads_the_answer_marker_from_an_example(tokenizer):
     ids = ["[1]", "[2]", "[3]"]
     tokenizer = copy.deepcopy(tokenizer)
@@ -214,7 +309,9 @@ def test_for_ranking_reads_the_answer_marker_from_an_example(tokenizer):
     constraint = UniqueTokens.for_ranking(tokenizer, ids, example)
     assert constraint.separator_id == tokenizer.convert_tokens_to_ids('","')
     assert constraint.end_id == tokenizer.convert_tokens_to_ids('"]}')
+    assert constraint.answer_format  # with a separator, the answer's shape is kept too
     assert UniqueTokens.for_ranking(tokenizer, ids, example, id_slots=False).separator_id is None
+    assert not UniqueTokens.for_ranking(tokenizer, ids, example, id_slots=False).answer_format
     with pytest.raises(ValueError, match="one token"):
         UniqueTokens.from_texts(tokenizer, ["[1]", "ranking list"])
     with pytest.raises(ValueError, match="holds no"):

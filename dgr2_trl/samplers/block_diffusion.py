@@ -331,7 +331,10 @@ class BlockDiffusionSampler:
             tokens, known = self._row_tokens(active, block)
             in_span, used = self.constraint.span_state(tokens, known)
             id_slot = self.constraint.id_slots(tokens, known, in_span)
-            ban = (in_span[:, -self.block_size :], used, id_slot[:, -self.block_size :])
+            rule = self.constraint.format_rule(tokens, known, in_span)
+            if rule is not None:
+                rule = tuple(r[:, -self.block_size :] for r in rule)
+            ban = (in_span[:, -self.block_size :], used, id_slot[:, -self.block_size :], rule)
         candidates, candidate_logprob, eos_logprob = self._score_masked(
             block.first_log_probs, noisy_hidden, masked, settings.temperature, settings.generator, ban
         )
@@ -352,7 +355,7 @@ class BlockDiffusionSampler:
         return tokens, known
 
     def _drop_repeats(self, active, block, commit, candidates, candidate_logprob) -> torch.Tensor:
-        """`UniqueTokens.drop_repeats` and `drop_empty_slots` on the step's commits. A row left with no commit (only
+        """`UniqueTokens.drop_repeats`, `drop_empty_slots` and `drop_format_conflicts` on the step's commits. A row left with no commit (only
         when every token it could choose was banned) keeps its commits, so that it still makes progress."""
         tokens, known = self._row_tokens(active, block)
         size = self.block_size
@@ -361,7 +364,8 @@ class BlockDiffusionSampler:
         confidence = torch.cat([pad.double(), candidate_logprob.double()], 1)
         commits = torch.cat([pad, commit], 1)
         kept = self.constraint.drop_repeats(tokens, known, commits, confidence)
-        kept = (kept & self.constraint.drop_empty_slots(tokens, known, commits))[:, -size:]
+        kept &= self.constraint.drop_empty_slots(tokens, known, commits)
+        kept = (kept & self.constraint.drop_format_conflicts(tokens, known, commits))[:, -size:]
         stuck = commit.any(-1) & ~kept.any(-1)
         return torch.where(stuck[:, None], commit, kept)
 
@@ -438,10 +442,13 @@ class BlockDiffusionSampler:
             predicting = noisy_hidden[rows[later], cols[later] - 1]  # noisy position j - 1 predicts token j
             log_probs[later] = self._log_probs(predicting, temperature).to(log_probs.dtype)
         if ban is not None:
-            in_span, used, id_slot = ban
+            in_span, used, id_slot, rule = ban
             spanned = in_span[rows, cols]
             slot = id_slot[rows, cols][spanned]
             log_probs[spanned] = self.constraint.ban(log_probs[spanned], used[rows[spanned]], slot)
+            if rule is not None:  # the answer's shape (UniqueTokens.answer_format), in the span and before it
+                forced, closing = rule
+                log_probs = self.constraint.keep_format(log_probs, forced[rows, cols], closing[rows, cols])
         chosen = sample_tokens(log_probs, temperature, generator)
         candidates = torch.zeros_like(masked, dtype=torch.long)
         candidate_logprob = torch.zeros_like(masked, dtype=log_probs.dtype)

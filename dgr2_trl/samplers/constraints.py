@@ -35,12 +35,19 @@ class UniqueTokens:
             unused id (see `id_slots`). None: only the repeats are banned.
         end_id (`int`, *optional*):
             The token after the last id (`"]}`); only read with `separator_id`.
+        answer_format (`bool`, *optional*, defaults to `False`):
+            Also keep the answer's shape (needs `start_ids` and `separator_id`): a completion that has written the
+            first tokens of the marker writes the rest of it (`{"ranking` is followed by `":["`), and inside the
+            span the token after an id is a separator or the end token (two ids never share a slot). Without it a
+            block decoder that commits many tokens per step at a low threshold can write `{"rankingranking[3]` (no
+            span ever opens, so nothing is constrained) or `"[10][3][5]"` (three ids in one slot).
     """
 
     token_ids: tuple[int, ...]
     start_ids: tuple[int, ...] = ()
     separator_id: int | None = None
     end_id: int | None = None
+    answer_format: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
@@ -57,6 +64,8 @@ class UniqueTokens:
                 raise ValueError(f"UniqueTokens {name} {value} is one of the ids {self.token_ids}")
         if self.end_id is not None and self.separator_id is None:
             raise ValueError("UniqueTokens end_id needs a separator_id (it only marks the end of the last id slot)")
+        if self.answer_format and (self.separator_id is None or not self.start_ids):
+            raise ValueError("UniqueTokens answer_format needs start_ids and a separator_id (the shape it keeps)")
 
     @classmethod
     def from_texts(cls, tokenizer, texts: Sequence[str], start_text: str = "") -> UniqueTokens:
@@ -95,12 +104,13 @@ class UniqueTokens:
         if id_slots and len(at_ids) > 1 and at_ids[1] - at_ids[0] == 2:
             separator = answer[at_ids[0] + 1]
             end = answer[at_ids[-1] + 1] if at_ids[-1] + 1 < len(answer) else None
-        return cls(ids.token_ids, tuple(answer[: at_ids[0]]), separator, end)
+        return cls(ids.token_ids, tuple(answer[: at_ids[0]]), separator, end, answer_format=separator is not None)
 
     def span_state(self, tokens: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the constraint applies and what it bans, for completions `tokens` `(B, L)` of which `known`
         `(B, L)` are written (the others are still masked). Returns `in_span` `(B, L)`: positions after a fully
-        written start marker (the first one), and `used` `(B, K)`: which of `token_ids` are written inside the
+        written start marker (the first one; with `answer_format`, the marker's length after its first written
+        first token), and `used` `(B, K)`: which of `token_ids` are written inside the
         span (what a position in the span may no longer choose)."""
         batch, length = tokens.shape
         device = tokens.device
@@ -109,8 +119,15 @@ class UniqueTokens:
             span_start.fill_(length)
         elif self.start_ids:
             width = len(self.start_ids)
-            marker = torch.tensor(self.start_ids, device=device)
-            here = (tokens.unfold(1, width, 1) == marker).all(-1) & known.unfold(1, width, 1).all(-1)  # (B, L-w+1)
+            if self.answer_format:
+                # the marker's first token commits the row to the whole marker (`format_rule` forces the rest), so
+                # the span is fixed once it is written: ids a block decoder writes right of it before the marker is
+                # complete are already counted
+                here = (tokens == self.start_ids[0]) & known
+                here = here[:, : length - width + 1]
+            else:
+                marker = torch.tensor(self.start_ids, device=device)
+                here = (tokens.unfold(1, width, 1) == marker).all(-1) & known.unfold(1, width, 1).all(-1)
             first = here.long().argmax(-1)  # the first written marker (0 when there is none: masked below)
             span_start = torch.where(here.any(-1), first + width, length)
         in_span = torch.arange(length, device=device)[None, :] >= span_start[:, None]
@@ -141,6 +158,67 @@ class UniqueTokens:
         closing = tokens == self.separator_id
         return closing | (tokens == self.end_id) if self.end_id is not None else closing
 
+    def format_rule(self, tokens: torch.Tensor, known: torch.Tensor, in_span: torch.Tensor):
+        """With `answer_format`, what the answer's shape allows at each position `(B, L)`, given the written
+        (`known`) tokens: `forced` the one token a position must hold (-1: any), the next marker token right after
+        a written proper prefix of the marker (before the span opens); `closing` True where only the separator or
+        the end token may stand, right after a written id inside the span. None without `answer_format`."""
+        if not self.answer_format:
+            return None
+        batch, length = tokens.shape
+        forced = torch.full_like(tokens, -1)
+        written_ids = known & torch.isin(tokens, torch.tensor(self.token_ids, device=tokens.device))
+        for k in range(1, len(self.start_ids)):  # the longest matching prefix wins (k ascending, overwritten)
+            if length <= k:
+                break
+            match = torch.ones(batch, length - k, dtype=torch.bool, device=tokens.device)
+            for i in range(k):
+                match &= (tokens[:, i : length - k + i] == self.start_ids[i]) & known[:, i : length - k + i]
+            forced[:, k:] = torch.where(match, self.start_ids[k], forced[:, k:])
+        forced = forced.masked_fill(in_span, -1)
+        closing = torch.zeros_like(in_span)
+        closing[:, 1:] = written_ids[:, :-1] & in_span[:, :-1]
+        return forced, closing & in_span
+
+    def keep_format(self, log_probs: torch.Tensor, forced: torch.Tensor, closing: torch.Tensor) -> torch.Tensor:
+        """`log_probs` `(N, V)` restricted by `format_rule`'s `forced` / `closing` `(N,)`: a forced row keeps only
+        its token, a closing row only the separator and end token (renormalised; unchanged where they have no
+        mass)."""
+        allowed = torch.zeros_like(log_probs, dtype=torch.bool)
+        rows = torch.nonzero(forced >= 0, as_tuple=True)[0]
+        allowed[rows, forced[rows]] = True
+        allowed[closing, self.separator_id] = True
+        if self.end_id is not None:
+            allowed[closing, self.end_id] = True
+        restricted = (forced >= 0) | closing
+        kept = log_probs.masked_fill(~allowed, float("-inf"))
+        total = torch.logsumexp(kept, -1, keepdim=True)
+        usable = restricted[:, None] & torch.isfinite(total)
+        return torch.where(usable, kept - total.nan_to_num(0.0, neginf=0.0), log_probs)
+
+    def drop_format_conflicts(self, tokens: torch.Tensor, known: torch.Tensor, commit: torch.Tensor) -> torch.Tensor:
+        """Which of one parallel step's commits `(B, L)` to keep so that the answer keeps its shape (see
+        `answer_format`): after the step, a token that breaks the marker or follows an id in its slot is a conflict
+        with the token(s) before it that made the rule; where it is new it is dropped, else the new token before it
+        is. Keeps every commit without `answer_format`."""
+        if not self.answer_format:
+            return commit
+        after = known | commit
+        in_span, _ = self.span_state(tokens, after)
+        forced, closing = self.format_rule(tokens, after, in_span)
+        is_closing = tokens == self.separator_id
+        if self.end_id is not None:
+            is_closing |= tokens == self.end_id
+        broken = after & (((forced >= 0) & (tokens != forced)) | (closing & ~is_closing))
+        drop = broken & commit
+        # an old token broken by new ones before it: drop the new ones within the marker's reach to its left
+        old_broken = broken & ~commit
+        for shift in range(1, max(len(self.start_ids), 2)):
+            left = torch.zeros_like(old_broken)
+            left[:, :-shift] = old_broken[:, shift:]
+            drop |= left & commit
+        return commit & ~drop
+
     def next_token(self, log_probs: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The log-probs `(N, V)` of the token each row writes next, under the constraint, when row `n` has written
         `tokens[n, :lengths[n]]` (`tokens` `(N, L)`; what lies beyond a row's length is ignored). What the left-to-
@@ -153,7 +231,13 @@ class UniqueTokens:
         upcoming = positions == lengths[:, None]
         id_slot = (self.id_slots(tokens, known, in_span) & upcoming).any(-1)
         banned = self.ban(log_probs, used, id_slot)
-        return torch.where((in_span & upcoming).any(-1, keepdim=True), banned, log_probs)
+        out = torch.where((in_span & upcoming).any(-1, keepdim=True), banned, log_probs)
+        rule = self.format_rule(tokens, known, in_span)
+        if rule is None:
+            return out
+        forced, closing = rule
+        forced_next = torch.where(upcoming, forced, torch.full_like(forced, -1)).max(-1).values
+        return self.keep_format(out, forced_next, (closing & upcoming).any(-1))
 
     def ban(self, log_probs: torch.Tensor, used: torch.Tensor, id_slot: torch.Tensor | None = None) -> torch.Tensor:
         """`log_probs` `(N, V)` with the `used` `(N, K)` tokens removed. Their mass goes to the unused tokens of
