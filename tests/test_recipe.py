@@ -1,4 +1,5 @@
 import json
+import sys
 
 import torch
 
@@ -120,9 +121,17 @@ def test_cli_runs_only_the_stages_asked_for(tmp_path, monkeypatch):
         ],
     )
     main()
-    assert json.loads((tmp_path / "ar" / "metrics.json").read_text())["n"] == get_preset("tiny").max_eval_queries
+    metrics = json.loads((tmp_path / "ar" / "metrics.json").read_text())
+    assert metrics["n"] == get_preset("tiny").max_eval_queries and metrics["constrained"] and "free" in metrics
     assert not (tmp_path / "naive").exists() and not (tmp_path / "frontier.json").exists()
     assert json.loads((tmp_path / "results.json").read_text())["preset"]["eval_fallback"] == "leftmost"
+    # --reevaluate scores the finished stage again with today's settings (here free), without training it again
+    monkeypatch.setattr("sys.argv", [*sys.argv, "--reevaluate", "--eval_constraint", "False"])
+    main()
+    again = json.loads((tmp_path / "ar" / "metrics.json").read_text())
+    assert again["constrained"] is False and "free" not in again
+    assert again["train_seconds"] == metrics["train_seconds"] and again["n"] == metrics["n"]
+    assert again["ndcg@3"] == metrics["free"]["ndcg@3"]  # the free evaluation it had beside the constrained one
 
 
 def test_tiny_preset_with_lora_saves_a_dense_trained_model_per_stage(tmp_path):

@@ -53,6 +53,12 @@ class RecipeScriptArguments:
         },
     )
     no_frontier: bool = field(default=False, metadata={"help": "Skip the speed frontier after the last stage."})
+    reevaluate: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the finished stages again with the current evaluation settings (models kept, no training)."
+        },
+    )
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None):
         script_args.output_dir or f"outputs/recipe-{preset.name}",
         stages=tuple(script_args.stages),
         frontier=not script_args.no_frontier,
+        reevaluate=script_args.reevaluate,
     )
 
 

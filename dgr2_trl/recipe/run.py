@@ -42,8 +42,11 @@ def machine_info() -> dict:
     return info
 
 
-def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, frontier: bool = True) -> dict:
-    """Run (or resume) the recipe; returns {"stages": {...}, "frontier": [...], "table": str}."""
+def run_recipe(
+    preset: RecipePreset, output_dir: str | Path, stages=STAGES, frontier: bool = True, reevaluate: bool = False
+) -> dict:
+    """Run (or resume) the recipe; returns {"stages": {...}, "frontier": [...], "table": str}. With `reevaluate`,
+    finished stages are scored again with the preset's evaluation settings instead of loading their metrics."""
     check_stage_order(output_dir, stages)
     start = time.perf_counter()
     recipe = Recipe(preset, output_dir)
@@ -53,7 +56,7 @@ def run_recipe(preset: RecipePreset, output_dir: str | Path, stages=STAGES, fron
     wall = {"data": time.perf_counter() - start}
     for stage in stages:
         began = time.perf_counter()
-        results[stage] = recipe.run_stage(stage)
+        results[stage] = recipe.reevaluate(stage) if reevaluate and recipe.done(stage) else recipe.run_stage(stage)
         wall[stage] = time.perf_counter() - began
         r = results[stage]
         print(

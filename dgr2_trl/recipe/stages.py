@@ -453,6 +453,22 @@ class Recipe:
         logger.info("stage %s: running", stage)
         return getattr(self, f"run_{stage}")()
 
+    def reevaluate(self, stage: str) -> dict:
+        """Score a finished stage again with the preset's current evaluation settings (e.g. after a change to the
+        ranking constraint), keeping its model and its training time; rewrites its `metrics.json` and rows."""
+        if not self.done(stage):
+            raise ValueError(f"stage {stage!r} is not finished in {self.output_dir}: nothing to re-evaluate")
+        p, old = self.preset, json.loads((self.stage_dir(stage) / "metrics.json").read_text())
+        model = self.load(stage)
+        block = stage != "ar"
+        limit = {"ar": None, "naive": p.naive_eval_queries}.get(stage, p.diffusion_eval_queries)
+        metrics = self.evaluate_stage(model, stage, block=block, max_queries=limit)
+        if stage == "ar" and p.evaluate_validation:
+            metrics["validation"] = self.evaluate_stage(model, stage, block=False, split="validation")
+        metrics = {**metrics, "train_seconds": old.get("train_seconds")}
+        (self.stage_dir(stage) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
     def floor(self) -> dict:
         return evaluate_prerank_floor(self.test)
 
