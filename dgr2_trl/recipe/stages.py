@@ -489,7 +489,12 @@ class Recipe:
             limit = p.frontier_queries_batch1 if batch_size == 1 else p.frontier_max_queries
             ar = self.evaluate(ar_model, block=False, batch_size=batch_size, max_queries=limit)
             rows.append(_frontier_row("ar", None, batch_size, ar, ar))
-            for fallback in p.frontier_fallbacks:
+            # free with each commit rule, then the block decoder as evaluated: under the ranking constraint,
+            # against free AR (what a user of the AR re-ranker deploys)
+            rules = [(fallback, None, fallback) for fallback in p.frontier_fallbacks]
+            if p.eval_constraint:
+                rules.append((p.eval_fallback, self.eval_constraint(), f"{p.eval_fallback}, distinct ids"))
+            for fallback, constraint, label in rules:
                 for threshold in p.frontier_thresholds:
                     scores = self.evaluate(
                         final,
@@ -498,23 +503,9 @@ class Recipe:
                         batch_size=batch_size,
                         max_queries=limit,
                         fallback=fallback,
+                        constraint=constraint,
                     )
-                    rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, fallback))
-            for threshold in p.frontier_thresholds if p.eval_constraint else []:
-                # the block decoder as evaluated: under the ranking constraint, against free AR (what a user of the
-                # AR re-ranker deploys)
-                scores = self.evaluate(
-                    final,
-                    block=True,
-                    threshold=threshold,
-                    batch_size=batch_size,
-                    max_queries=limit,
-                    fallback=p.eval_fallback,
-                    constraint=self.eval_constraint(),
-                )
-                rows.append(
-                    _frontier_row(stage, threshold, batch_size, scores, ar, f"{p.eval_fallback}, distinct ids")
-                )
+                    rows.append(_frontier_row(stage, threshold, batch_size, scores, ar, label))
             if p.frontier_speculative:
                 rows += self._speculative_rows(stage, ar_model, final, batch_size, limit, ar)
         path.write_text(json.dumps(rows, indent=2))
