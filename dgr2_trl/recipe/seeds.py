@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..evaluation import aggregate_seeds, compare_rankings, read_jsonl
-from .report import ROWS
+from .report import ROWS, _interval
 
 
 KEYS = (
@@ -173,12 +173,6 @@ def _cell(stats: dict, key: str, digits: int = 4) -> str:
 
 def _fmt_diff(value) -> str:
     return "-" if value is None else f"{value:+.4f}"
-
-
-def _interval(c: dict | None, key: str) -> str:
-    if not c or key not in c:
-        return "-"
-    return f"{c[key]['diff']:+.4f} [{c[key]['low']:+.4f}, {c[key]['high']:+.4f}]"
 
 
 def _decoding_tables(part: dict, anchor: dict | None = None, extra_rows=()) -> list[str]:
