@@ -2,9 +2,11 @@
 
 Every round decodes the same queries with the AR teacher, the block decoder (the student alone) and the
 speculative sampler (the student drafts; the teacher, or the student's own AR mode, verifies; "self, fused" shares
-each block-completing verification with the next block's first denoising step), back to back. The
+each block-completing verification with the next block's first denoising step; "self, causal" drafts from the
+verifier's causal cache, `draft_context="causal"`), back to back. The
 speculative rows must write exactly the AR verifier's text (reported as `identical_to_verifier`); the report gives
-the median per-round speed ratio over AR, tokens per verification, and drafter / verifier passes per token.
+the median per-round speed ratio over AR, tokens per verification, drafter / verifier passes per token, and how
+many drafts each verification accepted (a histogram: where rounds end is what bounds the speed-up).
 `--distinct_ids` decodes with `Recipe.ranking_constraint()` everywhere: the speculative rows must then write the
 constrained AR verifier's text, and the valid rate of each decoder is reported.
 
@@ -13,6 +15,7 @@ constrained AR verifier's text, and the valid rate of each decoder is reported.
 
 from __future__ import annotations
 
+import collections
 import statistics
 
 from recipe_bench import (  # benchmarks/ is on sys.path when run as a script
@@ -33,6 +36,7 @@ def decode(recipe, sampler, batch_size, n):
     prompts = [recipe.test[i]["prompt"] for i in range(n)]
     texts, tokens, seconds, passes = [], 0, 0.0, []
     verifications = accepted = drafter = verifier = fused = fused_kept = 0
+    histogram = collections.Counter()  # accepted drafts per verification
     for start in range(0, n, batch_size):
         out = sampler.generate(prompts[start : start + batch_size], max_new_tokens=recipe.preset.max_new_tokens)
         texts += out.texts
@@ -41,6 +45,7 @@ def decode(recipe, sampler, batch_size, n):
         passes += [s / max(len(ids), 1) for s, ids in zip(out.steps_per_row, out.completion_ids)]
         if isinstance(sampler, SpeculativeSampler):
             verifications += sum(len(r) for r in out.accepted_per_round)
+            histogram.update(n for r in out.accepted_per_round for n in r)
             accepted += sum(sum(r) for r in out.accepted_per_round)
             drafter += out.drafter_passes
             verifier += out.verifier_passes
@@ -55,6 +60,8 @@ def decode(recipe, sampler, batch_size, n):
             verifier_calls=verifier,
             fused_verifier_calls=fused,
             fused_steps_kept=fused_kept,
+            accepted_drafts_histogram={n: histogram[n] for n in sorted(histogram)},
+            verifications_keeping_at_most_3=sum(c for n, c in histogram.items() if n <= 3) / verifications,
         )
     return texts, stats
 
@@ -68,6 +75,9 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[32, 128], help="queries per batch size")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no_fused", action="store_true", help="leave out self-speculation with fuse_next_draft=True")
+    parser.add_argument(
+        "--no_causal", action="store_true", help="leave out self-speculation with draft_context='causal'"
+    )
     parser.add_argument(
         "--distinct_ids", action="store_true", help="decode with Recipe.ranking_constraint() (distinct ids, id slots)"
     )
@@ -88,6 +98,10 @@ def main():
         if not args.no_fused:
             samplers[f"speculative (self, fused) {threshold}"] = SpeculativeSampler(
                 student, tok, threshold=threshold, fallback=args.fallback, fuse_next_draft=True, constraint=c
+            )
+        if not args.no_causal:
+            samplers[f"speculative (self, causal) {threshold}"] = SpeculativeSampler(
+                student, tok, threshold=threshold, fallback=args.fallback, draft_context="causal", constraint=c
             )
     for sampler in samplers.values():  # no timed call pays for first-call costs
         sampler.generate([recipe.test[0]["prompt"]], max_new_tokens=8)

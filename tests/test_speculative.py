@@ -283,6 +283,80 @@ def _exact_distribution(model, prompt, length, unique_ids=()):
     return dist
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+@pytest.mark.parametrize(("threshold", "fallback", "max_steps"), [(0.9, "confidence", 3), (0.3, "leftmost", None)])
+def test_causal_drafts_keep_the_verifiers_greedy_output(tokenizer, block_size, threshold, fallback, max_steps):
+    drafter, tok = make_converted(tokenizer, block_size=block_size, seed=0)
+    expected = ARSampler(drafter, tok).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    sampler = SpeculativeSampler(
+        drafter, tok, threshold=threshold, fallback=fallback, max_steps_per_block=max_steps, draft_context="causal"
+    )
+    out = sampler.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert out.completion_ids == expected.completion_ids
+    for got, want in zip(out.logprobs, expected.logprobs):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-9)
+    for row, prompt in enumerate(PROMPTS):
+        assert sampler.generate([prompt], max_new_tokens=MAX_NEW).completion_ids[0] == expected.completion_ids[row]
+    assert out.num_prefill_passes == 1
+    if block_size > 1:
+        assert out.drafter_passes >= out.verifier_passes  # every round drafts
+
+
+def test_causal_drafts_read_kept_tokens_causally_and_the_block_under_the_block_rule(tokenizer, monkeypatch):
+    """A causal-context drafter call's log-probs equal an uncached forward of [prompt, kept tokens] causally and
+    [the verifier's last token (when inside the block), the undecided rest of the block] as one noisy block."""
+    from dgr2_trl.modeling.forward import forward_logits
+    from dgr2_trl.modeling.masks import block_attention_mask
+
+    size = 4
+    drafter, tok = make_converted(tokenizer, block_size=size, seed=0)
+    sampler = SpeculativeSampler(drafter, tok, threshold=0.0, draft_context="causal")
+    seen = []
+    original = SpeculativeSampler._drafter_log_probs_causal
+
+    def record(self, rows, block, temperature):
+        log_probs = original(self, rows, block, temperature)
+        for entry, row in enumerate(rows.rows.tolist()):
+            fixed = int(rows.fixed[entry])
+            seen.append(
+                (prompts[row], list(rows.tokens[row]), block[entry, fixed:].tolist(), log_probs[entry, fixed:])
+            )
+        return log_probs
+
+    monkeypatch.setattr(SpeculativeSampler, "_drafter_log_probs_causal", record)
+    for prompts in [PROMPTS] + [[p] for p in PROMPTS]:
+        sampler.generate(prompts, max_new_tokens=MAX_NEW)
+    assert len(seen) > 20
+    in_block = 0
+    for text, kept, rest, log_probs in seen:
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + kept + rest])
+        n_context = len(prompt) + len(kept) - 1  # every token before the verifier's last one: causal
+        last_in_block = len(rest) < size  # the last token sits at the block offset before `rest`
+        in_block += last_in_block
+        blocks = list(range(n_context)) + [n_context] * (1 + len(rest))
+        noisy = [False] * n_context + [last_in_block] + [True] * len(rest)
+        blocks, noisy = torch.tensor([blocks]), torch.tensor([noisy])
+        if not last_in_block:  # it ended the previous block: clean, below the masked block
+            blocks[0, n_context + 1 :] += 1
+        allowed = block_attention_mask(blocks, noisy, blocks, noisy, torch.ones_like(noisy))
+        columns = torch.arange(n_context, n_context + len(rest))
+        logits = forward_logits(drafter, ids, torch.arange(ids.shape[1])[None], allowed, columns)
+        logits[..., sampler.mask_token_id] = float("-inf")
+        torch.testing.assert_close(log_probs, logits[0].log_softmax(-1), rtol=0, atol=1e-9)
+    assert 0 < in_block < len(seen)  # both cases: the last token inside the block and ending the previous one
+
+
+def test_causal_drafts_need_self_speculation_without_fusion(tokenizer, verifier):
+    drafter, tok = make_converted(tokenizer, block_size=4, seed=0)
+    with pytest.raises(ValueError, match="draft_context='causal'.*verifier=None"):
+        SpeculativeSampler(drafter, tok, verifier=verifier, draft_context="causal")
+    with pytest.raises(ValueError, match="fuse_next_draft=False"):
+        SpeculativeSampler(drafter, tok, fuse_next_draft=True, draft_context="causal")
+    with pytest.raises(ValueError, match="draft_context must be one of"):
+        SpeculativeSampler(drafter, tok, draft_context="bidirectional")
+
+
 def _chi_square(counts, dist, n):
     assert set(counts) <= set(dist)
     return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in dist.items())
@@ -310,6 +384,20 @@ def test_sampled_completions_follow_the_verifiers_distribution():
     )
     biased = collections.Counter(tuple(ids) for ids in drafter_only.completion_ids)
     assert _chi_square(biased, dist, n) > 20 * bound
+
+
+def test_sampled_causal_drafts_follow_the_drafters_own_ar_distribution():
+    """Self-speculation with `draft_context="causal"` at temperature 1: the drafts see a context the drafter was
+    not trained on, and the completions still follow its own AR distribution (chi-square as above)."""
+    drafter, _ = _tiny_vocab_models()
+    prompt, n, length = [0, 1, 2, 0], 40_000, 3
+    dist = _exact_distribution(drafter, prompt, length)
+    sampler = SpeculativeSampler(drafter, _IdTokenizer(), threshold=0.0, draft_context="causal")
+    out = sampler.generate([prompt] * n, max_new_tokens=length, temperature=1.0,
+                           generator=torch.Generator().manual_seed(4))  # fmt: skip
+    counts = collections.Counter(tuple(ids) for ids in out.completion_ids)
+    assert _chi_square(counts, dist, n) < 72.1  # scipy.stats.chi2.ppf(0.999, 39)
+    assert out.mean_accepted_tokens > 0.2
 
 
 def test_constrained_sampled_completions_follow_the_verifiers_constrained_distribution():

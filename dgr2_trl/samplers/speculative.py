@@ -18,6 +18,12 @@ the step saw exactly the tokens the row keeps. Otherwise the step is discarded; 
 way. One cache then holds both views (causal keys of kept tokens, block-rule keys of finished blocks), each query
 attending only its own view's keys.
 
+With `draft_context="causal"` (self-speculation) the drafter keeps no cache of its own: it reads the verifier's causal
+keys of every kept token and runs only the verifier's last token and the block's undecided positions, so no pass
+rewrites a finished block under the block rule and the drafter's pass is at most a block wide. The drafts are then
+conditioned on a context the drafter was not trained on (causal rather than block-rule keys for the tokens before
+them); they are only proposals, so the output is the verifier's all the same.
+
 With a `constraint` (`UniqueTokens`) the verifier's distribution at every position is the constrained one, given the
 row's tokens so far and the drafts before that position, so the output is `ARSampler(verifier, constraint=...)`'s.
 The drafter drafts freely: a draft the constraint bans has verifier probability 0 and is rejected like any other.
@@ -47,6 +53,9 @@ from .common import (
 from .constraints import UniqueTokens
 from .output import SpeculativeOutput
 from .speculative_rows import _Drafts, _NextDraft, _Rows
+
+
+DRAFT_CONTEXTS = ("block", "causal")
 
 
 def prefix_commits(confidence: torch.Tensor, todo: torch.Tensor, threshold: float, min_commits: torch.Tensor):
@@ -93,6 +102,10 @@ class SpeculativeSampler:
             accepted). Saves drafter calls at the cost of a wider verification; pays at batch 1 (module docstring).
         constraint: a `UniqueTokens` applied to the verifier (e.g. distinct ranking ids); the output is then the
             constrained AR output of the verifier.
+        draft_context: "block" (default) drafts as the block decoder does, from the drafter's own cache of finished
+            blocks written under the block rule; "causal" (self-speculation, not with `fuse_next_draft`) drafts from
+            the verifier's causal cache: narrower drafter passes (at most a block, never a block rewrite), drafts
+            conditioned on a context the drafter was not trained on (module docstring).
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class SpeculativeSampler:
         eos_token_id: int | list[int] | None = None,
         fuse_next_draft: bool = False,
         constraint: UniqueTokens | None = None,
+        draft_context: str = "block",
     ):
         settings, block_size = block_settings_of(drafter, block_size, "drafter")
         if fallback not in FALLBACKS:
@@ -138,6 +152,14 @@ class SpeculativeSampler:
                 "(self-speculation); a separate verifier has other weights"
             )
         self.fuse_next_draft = bool(fuse_next_draft)
+        if draft_context not in DRAFT_CONTEXTS:
+            raise ValueError(f"draft_context must be one of {DRAFT_CONTEXTS}, got {draft_context!r}")
+        if draft_context == "causal" and (not self.self_speculative or self.fuse_next_draft):
+            raise ValueError(
+                "draft_context='causal' drafts from the verifier's cache, so it needs verifier=None "
+                "(self-speculation) and fuse_next_draft=False"
+            )
+        self.draft_context = draft_context
         if constraint is not None and not isinstance(constraint, UniqueTokens):
             raise TypeError(f"constraint must be a dgr2_trl.samplers.UniqueTokens or None, got {type(constraint)}")
         self.constraint = constraint
@@ -217,6 +239,8 @@ class SpeculativeSampler:
     def _drafter_log_probs(self, rows: _Rows, block: torch.Tensor, temperature: float) -> torch.Tensor:
         """One drafter call on the noisy block (after the pending clean block of rows that finished one): the
         log-probs `(B, S, V)` of every block position (position 0 from the last clean token; the AR shift)."""
+        if self.draft_context == "causal":
+            return self._drafter_log_probs_causal(rows, block, temperature)
         size = self.block_size
         device = block.device
         offsets = torch.arange(size, device=device)
@@ -251,6 +275,35 @@ class SpeculativeSampler:
             hidden = hidden[:, size:]
         later = self._log_probs(self.drafter, self.mask_token_id, hidden[:, : size - 1], temperature)
         return torch.cat([rows.first_log_probs[:, None], later], 1)
+
+    def _drafter_log_probs_causal(self, rows: _Rows, block: torch.Tensor, temperature: float) -> torch.Tensor:
+        """One drafter call reading the verifier's causal cache (`draft_context="causal"`): its queries are the
+        verifier's last token (not yet cached; at block offset `fixed - 1`, or the previous block's end when `fixed`
+        is 0) and the block from offset `fixed` on, which attend one another under the block rule. Column `c`
+        predicts offset `fixed + c` (the AR shift). Returns `(B, S, V)` log-probs by block offset (offsets before
+        `fixed` hold column 0's, never read)."""
+        size, device = self.block_size, block.device
+        fixed = rows.fixed
+        width = size - int(fixed.min()) + 1
+        columns = torch.arange(width, device=device)
+        offsets = fixed[:, None] - 1 + columns  # (B, W) the block offset of each column
+        valid = offsets < size
+        ids = block.gather(1, offsets.clamp(0, size - 1))
+        ids = torch.where(columns == 0, rows.last_token[:, None], ids)
+        ids = torch.where(valid, ids, self.mask_token_id)
+        positions = rows.last_position[:, None] + columns
+        # the last token is in this block (noisy, like every in-block token) unless it ended the previous one
+        in_block = offsets >= 0
+        among = block_attention_mask(in_block.long(), in_block, in_block.long(), in_block, valid)
+        cached = rows.verifier_key_valid[:, None, None, :].expand(-1, 1, width, -1)
+        hidden = decoder_hidden_states(
+            self.drafter, ids, positions, torch.cat([cached, among], -1), rows.verifier_cache
+        )
+        rows.verifier_cache.crop(-width)  # nothing of a draft is kept
+        rows.pending_valid = torch.zeros_like(rows.pending_valid)  # no block-rule cache to write
+        log_probs = self._log_probs(self.drafter, self.mask_token_id, hidden, temperature)
+        at = (torch.arange(size, device=device)[None, :] - fixed[:, None]).clamp(0, width - 1)
+        return log_probs.gather(1, at[..., None].expand(-1, -1, log_probs.shape[-1]))
 
     # -- 2. verify: one causal forward over [last kept token, drafts] ----------------------------------------------
     def _verify(self, rows: _Rows, drafts: _Drafts, temperature: float, generator):

@@ -51,8 +51,9 @@ class _Rows:
         self.drafter_cache = DynamicCache(config=sampler.drafter.config)
         hidden = decoder_hidden_states(sampler.drafter, prompt_ids, positions, allowed, self.drafter_cache)
         self.shared_cache = sampler.self_speculative and sampler.fuse_next_draft
-        if self.shared_cache:
-            self.verifier_cache = self.drafter_cache  # one cache, two views (`keys_written`)
+        if self.shared_cache or sampler.draft_context == "causal":
+            # fused: one cache, two views (`keys_written`); causal drafts: the drafter only reads the verifier's
+            self.verifier_cache = self.drafter_cache
         elif sampler.self_speculative:
             # the prompt is causal under the block rule too, so one prefill serves both caches
             self.verifier_cache = copy.deepcopy(self.drafter_cache)
