@@ -154,9 +154,11 @@ def test_constrained_greedy_equals_the_verifiers_constrained_greedy(
     for row, prompt in enumerate(PROMPTS):
         assert repeats_in_span(constraint, out.completion_ids[row]) == 0
         assert sampler.generate([prompt], max_new_tokens=MAX_NEW).completion_ids[0] == expected.completion_ids[row]
-    if self_speculative and block_size > 1:  # the fused verification keeps it too
+    if self_speculative and block_size > 1:  # the fused verification and causal-context drafts keep it too
         fused = SpeculativeSampler(drafter, tok, threshold=0.0, fuse_next_draft=True, constraint=constraint)
         assert fused.generate(PROMPTS, max_new_tokens=MAX_NEW).completion_ids == expected.completion_ids
+        causal = SpeculativeSampler(drafter, tok, threshold=0.0, draft_context="causal", constraint=constraint)
+        assert causal.generate(PROMPTS, max_new_tokens=MAX_NEW).completion_ids == expected.completion_ids
     with pytest.raises(TypeError, match="UniqueTokens"):
         SpeculativeSampler(drafter, tok, constraint={"ids": [1, 2]})
 
