@@ -79,6 +79,13 @@ def main():
         "--no_causal", action="store_true", help="leave out self-speculation with draft_context='causal'"
     )
     parser.add_argument(
+        "--draft_block_sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also draft with these block sizes (teacher-verified), beside the student's own",
+    )
+    parser.add_argument(
         "--distinct_ids", action="store_true", help="decode with Recipe.ranking_constraint() (distinct ids, id slots)"
     )
     args = parser.parse_args()
@@ -99,6 +106,11 @@ def main():
             samplers[f"speculative (self, fused) {threshold}"] = SpeculativeSampler(
                 student, tok, threshold=threshold, fallback=args.fallback, fuse_next_draft=True, constraint=c
             )
+        for size in args.draft_block_sizes:
+            samplers[f"speculative (teacher) {threshold}, block {size}"] = SpeculativeSampler(
+                student, tok, verifier=teacher, block_size=size, threshold=threshold, fallback=args.fallback,
+                constraint=c,
+            )  # fmt: skip
         if not args.no_causal:
             samplers[f"speculative (self, causal) {threshold}"] = SpeculativeSampler(
                 student, tok, threshold=threshold, fallback=args.fallback, draft_context="causal", constraint=c
